@@ -1,0 +1,318 @@
+"""Export a CTR model to one self-training ``.tflite`` file plus JSON metadata.
+
+The file has five signatures, each runnable in the plain LiteRT interpreter
+(builtin ops only, no Flex):
+
+* ``train(<features>, label, sample_weight, learning_rate) -> {loss}``: one
+  optimizer step on a static batch; ``sample_weight`` 0 marks padding rows.
+* ``infer(<features>) -> {probability}``
+* ``save() -> {<state name>: tensor}``: every variable needed to resume
+  (model weights and optimizer slots).
+* ``restore(<state name>: tensor...) -> {num_restored}``
+* ``correct(label, local_ctr, method) -> {corrected_label, alpha, beta}``:
+  label correction (none / soft1 / soft2 / hard with the shipped table), so
+  a device needs no cloud round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from lcft_tf import __version__
+from lcft_tf._io import atomic_write, sha256
+from lcft_tf.correction import METHODS, HardCorrectionTable
+from lcft_tf.features import FeatureSpec
+from lcft_tf.models.base import CTRModel
+from lcft_tf.models.losses import corrected_log_loss, weighted_mean
+
+log = logging.getLogger(__name__)
+
+SIGNATURES = ("train", "infer", "save", "restore", "correct")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class FlexOpsError(RuntimeError):
+    """The model needs ops outside TFLite's builtins (the Flex delegate)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """How the on-device training step is compiled into the file."""
+
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    learning_rate: float = 0.01  # default fed to ``train`` by the device wrapper
+    global_ctr: float = 0.5
+    hard_table: HardCorrectionTable | None = None
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-7
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not (0.0 <= self.global_ctr <= 1.0):
+            raise ValueError(f"global_ctr must be in [0, 1], got {self.global_ctr!r}")
+        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate!r}")
+
+
+def _state_name(path: str, taken: set[str]) -> str:
+    name = re.sub(r"[^0-9A-Za-z_]", "_", path).strip("_") or "var"
+    base, i = name, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+class TrainableModule(tf.Module):
+    """The ``tf.Module`` that is converted; runs unchanged in TF as the
+    reference for parity tests and the TF side of benchmarks."""
+
+    def __init__(self, model: CTRModel, config: ExportConfig):
+        super().__init__(name="lcft_module")
+        # Not tracked: saving a tracked Keras model adds its own float-typed
+        # serving signature; the variables are tracked below instead.
+        self.__dict__["model"] = model
+        self.spec: FeatureSpec = model.spec
+        self.config = config
+        # Track the underlying tf.Variables: Keras 3 variables are otherwise
+        # exported uninitialised (DESIGN.md §2.3).
+        taken: set[str] = set()
+        self._trainable = [v.value for v in model.trainable_variables]
+        self._model_vars = [v.value for v in model.variables]
+        names = [_state_name(v.path, taken) for v in model.variables]
+        self._slots: list[tf.Variable] = []
+        slot_names: list[str] = []
+        if config.optimizer == "adam":
+            self._step = tf.Variable(0.0, name="adam_step")
+            name_of = {id(v): n for n, v in zip(names, self._model_vars)}
+            for v in self._trainable:  # slots 2i, 2i+1 belong to trainable variable i
+                name = name_of[id(v)]
+                for kind in ("m", "v"):
+                    self._slots.append(tf.Variable(tf.zeros_like(v), name=f"adam_{kind}"))
+                    slot_names.append(_state_name(f"adam_{kind}__{name}", taken))
+            self._slots.append(self._step)
+            slot_names.append(_state_name("adam_step", taken))
+        self._state = self._model_vars + self._slots
+        self.state_names = names + slot_names
+        table = config.hard_table or HardCorrectionTable.identity()
+        self._edges = tf.constant(table.edges, tf.float32) if table.edges else None
+        self._alphas = tf.constant(table.alphas, tf.float32)
+        self._betas = tf.constant(table.betas, tf.float32)
+
+    # -- signature input specs --------------------------------------------
+    def feature_specs(self) -> dict[str, tf.TensorSpec]:
+        b = self.config.batch_size
+        return {
+            n: tf.TensorSpec([b, *self.spec.shape(n)[1:]], tf.as_dtype(self.spec.dtype(n)), name=n)
+            for n in self.spec.names
+        }
+
+    def train_specs(self) -> dict[str, tf.TensorSpec]:
+        b = self.config.batch_size
+        return {
+            **self.feature_specs(),
+            "label": tf.TensorSpec([b], tf.float32, name="label"),
+            "sample_weight": tf.TensorSpec([b], tf.float32, name="sample_weight"),
+            "learning_rate": tf.TensorSpec([], tf.float32, name="learning_rate"),
+        }
+
+    def restore_specs(self) -> dict[str, tf.TensorSpec]:
+        return {n: tf.TensorSpec(v.shape, v.dtype, name=n) for n, v in zip(self.state_names, self._state)}
+
+    def correct_specs(self) -> dict[str, tf.TensorSpec]:
+        return {
+            "label": tf.TensorSpec([self.config.batch_size], tf.float32, name="label"),
+            "local_ctr": tf.TensorSpec([], tf.float32, name="local_ctr"),
+            "method": tf.TensorSpec([], tf.int32, name="method"),
+        }
+
+    # -- the computations -------------------------------------------------
+    def train(self, **inputs) -> dict[str, tf.Tensor]:
+        features = {n: inputs[n] for n in self.spec.names}
+        with tf.GradientTape() as tape:
+            logits = self.model(features, training=True)
+            loss = weighted_mean(corrected_log_loss(logits, inputs["label"]), inputs["sample_weight"])
+        grads = tape.gradient(loss, self._trainable)
+        self._apply(grads, inputs["learning_rate"])
+        return {"loss": loss}
+
+    def _apply(self, grads, lr) -> None:
+        grads = [tf.convert_to_tensor(g) for g in grads]  # dense: no Flex scatter ops
+        if self.config.optimizer == "sgd":
+            for v, g in zip(self._trainable, grads):
+                v.assign_sub(lr * g)
+            return
+        c = self.config
+        step = self._step.assign_add(1.0)
+        scale = lr * tf.sqrt(1.0 - tf.pow(c.adam_beta2, step)) / (1.0 - tf.pow(c.adam_beta1, step))
+        for i, (v, g) in enumerate(zip(self._trainable, grads)):
+            m, s = self._slots[2 * i], self._slots[2 * i + 1]
+            m = m.assign(c.adam_beta1 * m + (1.0 - c.adam_beta1) * g)
+            s = s.assign(c.adam_beta2 * s + (1.0 - c.adam_beta2) * g * g)
+            v.assign_sub(scale * m / (tf.sqrt(s) + c.adam_epsilon))
+
+    def infer(self, **features) -> dict[str, tf.Tensor]:
+        return {"probability": tf.sigmoid(self.model(features, training=False))}
+
+    def save(self) -> dict[str, tf.Tensor]:
+        return {n: tf.identity(v.read_value()) for n, v in zip(self.state_names, self._state)}
+
+    def restore(self, **tensors) -> dict[str, tf.Tensor]:
+        for n, v in zip(self.state_names, self._state):
+            v.assign(tensors[n])
+        return {"num_restored": tf.constant(len(self._state), tf.int32)}
+
+    def correct(self, label, local_ctr, method) -> dict[str, tf.Tensor]:
+        """In-graph twin of :mod:`lcft_tf.correction` (same edge-case rules)."""
+        w_i, w_g = local_ctr, tf.constant(self.config.global_ctr, tf.float32)
+        tiny = tf.constant(1e-12, tf.float32)
+        one, zero = tf.constant(1.0), tf.constant(0.0)
+        high, same = w_i > w_g, tf.equal(w_i, w_g)
+        lift = (w_g - w_i) / tf.maximum(1.0 - w_i, tiny)
+        scale = w_g / tf.maximum(w_i, tiny)
+        s1_alpha = tf.where(high, scale, one)
+        s1_beta = tf.where(tf.logical_or(high, same), zero, lift)
+        one_class = tf.logical_or(tf.logical_or(tf.equal(w_i, 0.0), tf.equal(w_i, 1.0)), same)
+        s2_alpha = tf.where(one_class, s1_alpha, tf.where(high, one, scale))
+        s2_beta = tf.where(one_class, s1_beta, tf.where(high, lift, zero))
+        if self._edges is None:
+            interval = tf.constant(0, tf.int32)
+        else:
+            interval = tf.reduce_sum(tf.cast(w_i >= self._edges, tf.int32))
+        hard_alpha, hard_beta = tf.gather(self._alphas, interval), tf.gather(self._betas, interval)
+        choice = tf.clip_by_value(method, 0, len(METHODS) - 1)
+        alpha = tf.gather(tf.stack([one, s1_alpha, s2_alpha, hard_alpha]), choice)
+        beta = tf.gather(tf.stack([zero, s1_beta, s2_beta, hard_beta]), choice)
+        corrected = tf.where(label > 0.5, alpha * tf.ones_like(label), beta * tf.ones_like(label))
+        return {"corrected_label": corrected, "alpha": alpha, "beta": beta}
+
+    # -- concrete functions -----------------------------------------------
+    def concrete_functions(self) -> dict[str, Any]:
+        """The five signatures as concrete functions, keyed by signature name."""
+        return {
+            "train": tf.function(self.train).get_concrete_function(**self.train_specs()),
+            "infer": tf.function(self.infer).get_concrete_function(**self.feature_specs()),
+            "save": tf.function(self.save).get_concrete_function(),
+            "restore": tf.function(self.restore).get_concrete_function(**self.restore_specs()),
+            "correct": tf.function(self.correct).get_concrete_function(**self.correct_specs()),
+        }
+
+
+def convert(module: TrainableModule) -> bytes:
+    """Convert the module to a TFLite flatbuffer with builtin ops only.
+
+    Raises :class:`FlexOpsError` naming the ops that would need Flex.
+    """
+    functions = module.concrete_functions()
+    with tempfile.TemporaryDirectory() as tmp:
+        tf.saved_model.save(module, tmp, signatures=functions)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        converter.experimental_enable_resource_variables = True
+        try:
+            return converter.convert()
+        except Exception as err:  # the converter raises ConverterError
+            ops = sorted(set(re.findall(r"\btf\.([A-Z]\w+)", str(err))))
+            if ops:
+                raise FlexOpsError(
+                    f"{module.model.name}: these ops are not TFLite builtins (they would need the Flex "
+                    f"delegate, which LiteRT does not ship): {', '.join(ops)}"
+                ) from err
+            raise
+
+
+def _tensor_info(spec: tf.TensorSpec | tf.Tensor, name: str) -> dict[str, Any]:
+    return {"name": name, "shape": [int(d) for d in spec.shape], "dtype": spec.dtype.name}
+
+
+def build_metadata(module: TrainableModule, tflite: bytes, conversion_seconds: float) -> dict[str, Any]:
+    """Everything a device (Python or Android) needs to drive the file."""
+    c = module.config
+    feature_inputs = [_tensor_info(s, n) for n, s in module.feature_specs().items()]
+    state = [_tensor_info(v, n) for n, v in zip(module.state_names, module._state)]
+    return {
+        "format": "lcft-tflite",
+        "format_version": 1,
+        "package_version": __version__,
+        "model": {"name": module.model.model_name, "config": module.model.get_config()},
+        "feature_spec": module.spec.to_json(),
+        "batch_size": c.batch_size,
+        "optimizer": {
+            "name": c.optimizer,
+            "learning_rate": c.learning_rate,
+            **({"beta1": c.adam_beta1, "beta2": c.adam_beta2, "epsilon": c.adam_epsilon} if c.optimizer == "adam" else {}),
+        },
+        "loss": "corrected_log_loss (logit form; logit capped at +-10 for targets outside [0, 1])",
+        "correction": {
+            "global_ctr": c.global_ctr,
+            "methods": {m: i for i, m in enumerate(METHODS)},
+            "hard_table": c.hard_table.to_json() if c.hard_table else None,
+        },
+        "signatures": {
+            "train": {
+                "inputs": feature_inputs
+                + [
+                    {"name": "label", "shape": [c.batch_size], "dtype": "float32"},
+                    {"name": "sample_weight", "shape": [c.batch_size], "dtype": "float32"},
+                    {"name": "learning_rate", "shape": [], "dtype": "float32"},
+                ],
+                "outputs": [{"name": "loss", "shape": [], "dtype": "float32"}],
+            },
+            "infer": {
+                "inputs": feature_inputs,
+                "outputs": [{"name": "probability", "shape": [c.batch_size], "dtype": "float32"}],
+            },
+            "save": {"inputs": [], "outputs": state},
+            "restore": {"inputs": state, "outputs": [{"name": "num_restored", "shape": [], "dtype": "int32"}]},
+            "correct": {
+                "inputs": [
+                    {"name": "label", "shape": [c.batch_size], "dtype": "float32"},
+                    {"name": "local_ctr", "shape": [], "dtype": "float32"},
+                    {"name": "method", "shape": [], "dtype": "int32"},
+                ],
+                "outputs": [
+                    {"name": "corrected_label", "shape": [c.batch_size], "dtype": "float32"},
+                    {"name": "alpha", "shape": [], "dtype": "float32"},
+                    {"name": "beta", "shape": [], "dtype": "float32"},
+                ],
+            },
+        },
+        "checkpoint": {"format": "safetensors", "tensors": [s["name"] for s in state]},
+        "tflite_bytes": len(tflite),
+        "tflite_sha256": sha256(tflite),
+        "conversion_seconds": round(conversion_seconds, 3),
+    }
+
+
+def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig | None = None) -> dict[str, Any]:
+    """Convert ``model`` to ``path`` (``<name>.tflite``) and write ``<name>.json``
+    metadata beside it. Returns the metadata."""
+    config = config or ExportConfig()
+    path = Path(path)
+    if path.suffix != ".tflite":
+        raise ValueError(f"export path must end in .tflite, got {str(path)!r}")
+    start = time.perf_counter()
+    module = TrainableModule(model, config)
+    tflite = convert(module)
+    seconds = time.perf_counter() - start
+    metadata = build_metadata(module, tflite, seconds)
+    atomic_write(path, tflite)
+    atomic_write(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
+    log.info("exported %s (%.1f KiB) in %.1f s", path, len(tflite) / 1024, seconds)
+    return metadata

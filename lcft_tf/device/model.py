@@ -1,0 +1,229 @@
+"""One phone: a Python wrapper over the LiteRT interpreter running an exported file.
+
+Method names follow the steps an Android app takes (see
+``tflite_models/README.md``): :meth:`OnDeviceModel.run_signature` is
+``Interpreter.runSignature(inputs, outputs, key)``; :meth:`train`,
+:meth:`infer`, :meth:`save`, :meth:`restore` and :meth:`correct` run the
+signatures of the same names on inputs of any length (split into and
+padded to the file's static batch), after checking every input so that
+bad data fails with a ``ValueError`` before it reaches the interpreter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
+
+from lcft_tf._io import atomic_write, sha256
+from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_ctr
+from lcft_tf.features import FeatureSpec
+
+SIGNATURES = ("train", "infer", "save", "restore", "correct")
+CHECKPOINT_FORMAT = "lcft-checkpoint-v1"
+
+
+class OnDeviceModel:
+    """Runs the ``train`` / ``infer`` / ``save`` / ``restore`` / ``correct``
+    signatures of ``<name>.tflite``, configured by ``<name>.json`` beside it."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1):
+        self.path = Path(path)
+        meta_path = self.path.with_suffix(".json")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no model file at {self.path}")
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no metadata beside the model: expected {meta_path}")
+        content = self.path.read_bytes()
+        self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
+        if self.metadata.get("tflite_sha256") != sha256(content):
+            raise ValueError(f"{self.path} does not match the sha256 in {meta_path} (file changed after export?)")
+        self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        found = set(self.interpreter.get_signature_list())
+        if found != set(SIGNATURES):
+            raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(SIGNATURES)}")
+        self._runners = {key: self.interpreter.get_signature_runner(key) for key in SIGNATURES}
+        self.spec = FeatureSpec.from_json(self.metadata["feature_spec"])
+        self.batch_size = int(self.metadata["batch_size"])
+        self.learning_rate = float(self.metadata["optimizer"]["learning_rate"])
+        correction = self.metadata["correction"]
+        self.global_ctr = float(correction["global_ctr"])
+        table = correction.get("hard_table")
+        self.hard_table = HardCorrectionTable.from_json(table) if table else None
+        self.state_specs = {
+            t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"])) for t in self.metadata["signatures"]["save"]["outputs"]
+        }
+
+    @property
+    def name(self) -> str:
+        return self.metadata["model"]["name"]
+
+    # -- the bare signature call ------------------------------------------
+    def run_signature(self, key: str, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Run signature ``key`` on exactly its inputs (static shapes), like
+        Android's ``runSignature``; no padding or checks beyond LiteRT's own."""
+        if key not in self._runners:
+            raise ValueError(f"unknown signature {key!r}; the file has {list(SIGNATURES)}")
+        return self._runners[key](**(inputs or {}))
+
+    # -- high-level steps -------------------------------------------------
+    def infer(self, features: Mapping[str, Any]) -> np.ndarray:
+        """Click probabilities [N] for N samples."""
+        features = self.spec.validate(features)
+        n = _rows(features)
+        run = self._runners["infer"]
+        out = np.empty(n, np.float32)
+        for start in range(0, n, self.batch_size):
+            batch, rows = self._batch(features, start, n)
+            out[start : start + rows] = run(**batch)["probability"][:rows]
+        return out
+
+    def train(
+        self,
+        features: Mapping[str, Any],
+        labels: Any,
+        sample_weight: Any = None,
+        learning_rate: float | None = None,
+    ) -> np.ndarray:
+        """One pass over the samples in order, one optimizer step per batch.
+
+        ``labels`` may be corrected (any finite float). Returns the loss of
+        each step (weighted mean over the batch's real rows).
+        """
+        features = self.spec.validate(features)
+        n = _rows(features)
+        labels = _finite_vector("labels", labels, n)
+        weights = np.ones(n, np.float32) if sample_weight is None else _finite_vector("sample_weight", sample_weight, n)
+        if np.any(weights < 0):
+            raise ValueError("sample_weight must be >= 0")
+        lr = self.learning_rate if learning_rate is None else learning_rate
+        if not np.isfinite(lr) or lr < 0:
+            raise ValueError(f"learning_rate must be finite and >= 0, got {lr!r}")
+        lr = np.float32(lr)
+        run = self._runners["train"]
+        losses = np.empty(-(-n // self.batch_size), np.float32)
+        for i, start in enumerate(range(0, n, self.batch_size)):
+            batch, rows = self._batch({**features, "label": labels, "sample_weight": weights}, start, n)
+            losses[i] = run(**batch, learning_rate=lr)["loss"]
+        return losses
+
+    def save(self) -> dict[str, np.ndarray]:
+        """All state needed to resume (weights and optimizer slots), by name."""
+        return {k: np.array(v) for k, v in self._runners["save"]().items()}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Load state from :meth:`save`; checked in full first, so a bad
+        state raises ``ValueError`` and leaves the current weights untouched."""
+        self._runners["restore"](**self._check_state(state))
+
+    def correct(self, labels: Any, method: str, local_ctr_value: float | None = None) -> np.ndarray:
+        """Corrected labels computed inside the model (``correct`` signature).
+
+        ``local_ctr_value`` defaults to the share of positives in ``labels``
+        (all of the user's local training labels).
+        """
+        if method not in METHODS:
+            raise ValueError(f"unknown correction method {method!r}; choose from {METHODS}")
+        if method == "hard" and self.hard_table is None:
+            raise ValueError(f"{self.path} ships no hard correction table")
+        labels = np.asarray(labels)
+        if labels.size == 0:
+            return np.zeros(0, np.float32)
+        w_i = local_ctr(labels)  # also checks that raw labels are 0/1
+        if local_ctr_value is not None:
+            w_i = float(local_ctr_value)
+            if not (0.0 <= w_i <= 1.0):
+                raise ValueError(f"local CTR must be in [0, 1], got {w_i!r}")
+        labels = labels.astype(np.float32).reshape(-1)
+        n, out = len(labels), np.empty(len(labels), np.float32)
+        for start in range(0, n, self.batch_size):
+            batch, rows = self._batch({"label": labels}, start, n)
+            result = self._runners["correct"](**batch, local_ctr=np.float32(w_i), method=np.int32(METHOD_IDS[method]))
+            out[start : start + rows] = result["corrected_label"][:rows]
+        return out
+
+    # -- checkpoints --------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write :meth:`save`'s tensors as a safetensors file, atomically."""
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.name, "state": self._state_fingerprint()}
+        atomic_write(path, safetensors_bytes(self.save(), metadata=meta))
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore from a safetensors checkpoint; a truncated file, one from
+        another model or with wrong shapes/dtypes raises ``ValueError`` and
+        changes nothing."""
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not a readable safetensors checkpoint ({err})") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not an lcft checkpoint (format {meta.get('format')!r})")
+        if meta.get("state") != self._state_fingerprint():
+            raise ValueError(
+                f"{path}: checkpoint of model {meta.get('model')!r} with different state tensors "
+                f"than this {self.name!r} model"
+            )
+        self.restore(state)
+
+    # -- internals ----------------------------------------------------------
+    def _state_fingerprint(self) -> str:
+        return sha256(json.dumps(sorted((k, list(s), d.name) for k, (s, d) in self.state_specs.items())).encode())
+
+    def _check_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        missing = [k for k in self.state_specs if k not in state]
+        unknown = [k for k in state if k not in self.state_specs]
+        if missing or unknown:
+            raise ValueError(f"state tensors do not match the model: missing {missing[:5]}, unknown {unknown[:5]}")
+        out = {}
+        for name, (shape, dtype) in self.state_specs.items():
+            value = np.asarray(state[name])
+            if value.shape != shape or value.dtype != dtype:
+                raise ValueError(
+                    f"state tensor {name!r}: expected {dtype.name}{list(shape)}, got {value.dtype.name}{list(value.shape)}"
+                )
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ValueError(f"state tensor {name!r} contains NaN or inf")
+            out[name] = np.ascontiguousarray(value)
+        return out
+
+    def _batch(self, arrays: Mapping[str, np.ndarray], start: int, n: int) -> tuple[dict[str, np.ndarray], int]:
+        """Rows ``start : start + batch`` of every array, zero-padded to the
+        static batch (padding rows get sample_weight 0 where it applies)."""
+        rows = min(self.batch_size, n - start)
+        if rows == self.batch_size:
+            return {k: v[start : start + rows] for k, v in arrays.items()}, rows
+        batch = {}
+        for k, v in arrays.items():
+            padded = np.zeros((self.batch_size, *v.shape[1:]), v.dtype)
+            padded[:rows] = v[start:]
+            batch[k] = padded
+        return batch, rows
+
+
+def _rows(features: Mapping[str, np.ndarray]) -> int:
+    n = len(next(iter(features.values())))
+    if n == 0:
+        raise ValueError("no samples given")
+    return n
+
+
+def _finite_vector(name: str, value: Any, n: int) -> np.ndarray:
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must be numbers, got dtype {value.dtype}")
+    value = value.astype(np.float32).reshape(-1) if value.ndim <= 1 else value
+    if value.shape != (n,):
+        raise ValueError(f"{name}: expected shape ({n},), got {np.shape(value)}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return value

@@ -1,0 +1,217 @@
+"""Layers whose forward *and gradient* graphs convert to TFLite builtin ops.
+
+Why these exist (DESIGN.md §2): TF's stock gradients of ReLU, strided
+slices and Keras 3's GRU need the Flex delegate, which the plain LiteRT
+interpreter does not ship. Everything here avoids them: custom-gradient
+activations, ``tf.split`` / ``tf.gather`` instead of slicing, explicit
+reshapes instead of broadcasting matmuls.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from lcft_tf.features import SequenceFeature
+
+
+@tf.custom_gradient
+def relu(x: tf.Tensor):
+    """ReLU with a gradient built from builtins (stock ``ReluGrad`` needs Flex)."""
+
+    def grad(dy):
+        return dy * tf.cast(x > 0, dy.dtype)
+
+    return tf.maximum(x, 0.0), grad
+
+
+@tf.custom_gradient
+def sigmoid(x: tf.Tensor):
+    """Sigmoid whose gradient is ``y * (1 - y)`` in plain ops (no ``SigmoidGrad``)."""
+    y = tf.sigmoid(x)
+
+    def grad(dy):
+        return dy * y * (1.0 - y)
+
+    return y, grad
+
+
+@tf.custom_gradient
+def tanh(x: tf.Tensor):
+    """Tanh whose gradient is ``1 - y^2`` in plain ops (no ``TanhGrad``)."""
+    y = tf.tanh(x)
+
+    def grad(dy):
+        return dy * (1.0 - y * y)
+
+    return y, grad
+
+
+def _initializer(seed: int | None, stddev: float | None = None):
+    if stddev is not None:
+        return keras.initializers.RandomNormal(stddev=stddev, seed=seed)
+    return keras.initializers.GlorotUniform(seed=seed)
+
+
+class Embedding(keras.layers.Layer):
+    """Embedding table with one extra out-of-vocabulary row.
+
+    Ids outside ``[0, vocab_size)`` read row ``vocab_size`` instead of
+    failing the gather inside the interpreter (DESIGN.md §2.7).
+    """
+
+    def __init__(self, vocab_size: int, dim: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.dim = dim
+        self.embeddings = self.add_weight(
+            shape=(vocab_size + 1, dim),
+            initializer=_initializer(seed, stddev=0.05),
+            name="embeddings",
+        )
+
+    def call(self, ids):
+        oov = tf.logical_or(ids < 0, ids >= self.vocab_size)
+        ids = tf.where(oov, tf.fill(tf.shape(ids), self.vocab_size), ids)
+        return tf.gather(self.embeddings, ids)
+
+
+class Linear(keras.layers.Layer):
+    """``x @ W + b`` over the last axis; rank-3 inputs are reshaped to rank 2
+    so the gradient is a plain matmul (no broadcasting batch-matmul)."""
+
+    def __init__(self, units: int, activation: str | None = None, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in (None, "relu"):
+            raise ValueError(f"unsupported activation {activation!r}")
+        self.units = units
+        self.activation = activation
+        self.seed = seed
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(int(input_shape[-1]), self.units), initializer=_initializer(self.seed), name="kernel"
+        )
+        self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+    def call(self, x):
+        shape = x.shape
+        if len(shape) == 3:
+            x = tf.reshape(x, [-1, shape[-1]])
+        y = tf.matmul(x, self.kernel) + self.bias
+        if self.activation == "relu":
+            y = relu(y)
+        if len(shape) == 3:
+            y = tf.reshape(y, [-1, shape[1], self.units])
+        return y
+
+
+class MLP(keras.layers.Layer):
+    """ReLU hidden layers followed by a linear output of ``out_units``."""
+
+    def __init__(self, hidden_units, out_units: int | None = 1, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = [Linear(u, "relu", seed=_offset(seed, i)) for i, u in enumerate(hidden_units)]
+        self.out = Linear(out_units, seed=_offset(seed, len(self.hidden))) if out_units else None
+
+    def call(self, x):
+        for layer in self.hidden:
+            x = layer(x)
+        return self.out(x) if self.out is not None else x
+
+
+def _offset(seed: int | None, i: int) -> int | None:
+    return None if seed is None else seed + 1000 * (i + 1)
+
+
+def sequence_mask(ids, feature: SequenceFeature):
+    """1.0 where a sequence position holds a real id, 0.0 at padding."""
+    return tf.cast(tf.not_equal(ids, feature.padding_id), tf.float32)
+
+
+def masked_mean(values, mask):
+    """Mean of ``values`` [B, L, d] over the unmasked positions (0 if none)."""
+    summed = tf.reduce_sum(values * tf.expand_dims(mask, -1), axis=1)
+    count = tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+    return summed / count
+
+
+class AttentionPooling(keras.layers.Layer):
+    """DIN's local activation unit: score each key against the query with a
+    small MLP over ``[q, k, q - k, q * k]``, softmax over the real positions,
+    return the weighted sum of the keys (zeros for an empty sequence)."""
+
+    def __init__(self, hidden_units=(32,), seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.scorer = MLP(hidden_units, out_units=1, seed=seed)
+
+    def call(self, query, keys, mask):
+        length = keys.shape[1]
+        q = tf.tile(tf.expand_dims(query, 1), [1, length, 1])
+        scores = tf.reshape(self.scorer(tf.concat([q, keys, q - keys, q * keys], axis=-1)), [-1, length])
+        weights = tf.nn.softmax(scores + (mask - 1.0) * 1e9, axis=-1) * mask
+        return tf.reduce_sum(keys * tf.expand_dims(weights, -1), axis=1)
+
+
+class GRU(keras.layers.Layer):
+    """A GRU unrolled over a fixed length with ``tf.split`` (Keras 3's GRU
+    needs ``StridedSliceGrad``). Steps run from the last position to the
+    first, i.e. oldest to newest for most-recent-first histories; padded
+    steps keep the previous state. Returns the state after every step,
+    aligned with the input positions: [B, L, units]."""
+
+    def __init__(self, units: int, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.seed = seed
+
+    def build(self, input_shape):
+        d = int(input_shape[-1])
+        self.kernel = self.add_weight(shape=(d, 3 * self.units), initializer=_initializer(self.seed), name="kernel")
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, 3 * self.units), initializer=_initializer(_offset(self.seed, 0)), name="recurrent_kernel"
+        )
+        self.bias = self.add_weight(shape=(3 * self.units,), initializer="zeros", name="bias")
+
+    def call(self, inputs, mask):
+        length = inputs.shape[1]
+        xs = tf.split(inputs, length, axis=1)
+        ms = tf.split(mask, length, axis=1)
+        h = tf.zeros([tf.shape(inputs)[0], self.units])
+        states = [None] * length
+        for t in reversed(range(length)):
+            x = tf.reshape(xs[t], [-1, inputs.shape[-1]])
+            xz, xr, xn = tf.split(tf.matmul(x, self.kernel) + self.bias, 3, axis=-1)
+            hz, hr, hn = tf.split(tf.matmul(h, self.recurrent_kernel), 3, axis=-1)
+            z = sigmoid(xz + hz)
+            r = sigmoid(xr + hr)
+            n = tanh(xn + r * hn)
+            new_h = (1.0 - z) * n + z * h
+            h = ms[t] * new_h + (1.0 - ms[t]) * h
+            states[t] = h
+        return tf.stack(states, axis=1)
+
+
+class LinearTerms(keras.layers.Layer):
+    """The first-order part of a CTR model: a scalar weight per id (mean over
+    a sequence's real ids), a linear map of dense features, and a bias."""
+
+    def __init__(self, spec, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.weights_by_table = {
+            table: Embedding(size, 1, seed=_offset(seed, i), name=f"lin_{table}")
+            for i, (table, size) in enumerate(sorted(spec.tables.items()))
+        }
+        self.dense = {f.name: Linear(1, seed=_offset(seed, 100 + i), name=f"lin_{f.name}") for i, f in enumerate(spec.dense)}
+
+    def call(self, features):
+        terms = []
+        for f in self.spec.sparse:
+            terms.append(self.weights_by_table[f.table](features[f.name]))
+        for f in self.spec.sequences:
+            ids = features[f.name]
+            terms.append(masked_mean(self.weights_by_table[f.table](ids), sequence_mask(ids, f)))
+        for f in self.spec.dense:
+            terms.append(self.dense[f.name](features[f.name]))
+        return tf.reshape(tf.add_n(terms), [-1])
