@@ -226,7 +226,7 @@ def convert(module: TrainableModule) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.experimental_enable_resource_variables = True
         try:
-            return converter.convert()
+            tflite = converter.convert()
         except Exception as err:  # the converter raises ConverterError
             ops = sorted(set(re.findall(r"\btf\.([A-Z]\w+)", str(err))))
             if ops:
@@ -235,6 +235,10 @@ def convert(module: TrainableModule) -> bytes:
                     f"delegate, which LiteRT does not ship): {', '.join(ops)}"
                 ) from err
             raise
+    custom = sorted(op for op in operator_names(tflite) if op.startswith("CUSTOM"))
+    if custom:
+        raise FlexOpsError(f"{module.model.name}: the converted file contains custom ops {custom}")
+    return tflite
 
 
 def _tensor_info(spec: tf.TensorSpec | tf.Tensor, name: str) -> dict[str, Any]:
@@ -316,3 +320,21 @@ def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig
     atomic_write(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
     log.info("exported %s (%.1f KiB) in %.1f s", path, len(tflite) / 1024, seconds)
     return metadata
+
+
+def operator_names(tflite: bytes) -> set[str]:
+    """Names of every operator type in a flatbuffer (all subgraphs); custom
+    ops (Flex included) appear as ``CUSTOM:<code>``."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAs(tflite, 0)
+    found = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            found.add(f"CUSTOM:{(code.CustomCode() or b'').decode()}")
+        else:
+            found.add(names.get(builtin, str(builtin)))
+    return found
