@@ -77,6 +77,8 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
+        # Per-name lookups, precomputed: validate() runs on every device call.
+        object.__setattr__(self, "_by_name", {f.name: f for f in self.features})
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate feature names in {names}")
@@ -128,10 +130,7 @@ class FeatureSpec:
         return {t: next(iter(s)) for t, s in self._table_sizes().items()}
 
     def __getitem__(self, name: str) -> Feature:
-        for f in self.features:
-            if f.name == name:
-                return f
-        raise KeyError(name)
+        return self._by_name[name]
 
     def shape(self, name: str, batch: int | None = None) -> tuple[int | None, ...]:
         f = self[name]
@@ -150,13 +149,13 @@ class FeatureSpec:
         Raises ``ValueError`` naming the offending feature; ids are only cast
         when the cast is exact.
         """
-        missing = [n for n in self.names if n not in features]
-        unknown = [n for n in features if n not in self.names]
-        if missing or unknown:
+        if len(features) != len(self._by_name) or any(n not in features for n in self._by_name):
+            missing = [n for n in self._by_name if n not in features]
+            unknown = [n for n in features if n not in self._by_name]
             raise ValueError(f"feature names do not match the spec: missing {missing}, unknown {unknown}")
         out: dict[str, np.ndarray] = {}
         rows: int | None = None
-        for name in self.names:
+        for name in self._by_name:
             value = np.asarray(features[name])
             want = self.shape(name)
             if value.ndim != len(want) or value.shape[1:] != want[1:]:
@@ -198,6 +197,8 @@ def _fmt(shape: tuple[int | None, ...]) -> str:
 
 def _cast(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype == ID_DTYPE:
+        if value.dtype == ID_DTYPE:
+            return np.ascontiguousarray(value)
         if value.dtype.kind not in "iu":
             if value.dtype.kind == "f" and value.size and np.all(np.isfinite(value)) and np.all(value == np.round(value)):
                 pass  # integral floats (e.g. from pandas) are accepted

@@ -107,9 +107,10 @@ class OnDeviceModel:
             raise ValueError(f"learning_rate must be finite and >= 0, got {lr!r}")
         lr = np.float32(lr)
         run = self._runners["train"]
+        arrays = {**features, "label": labels, "sample_weight": weights}
         losses = np.empty(-(-n // self.batch_size), np.float32)
         for i, start in enumerate(range(0, n, self.batch_size)):
-            batch, rows = self._batch({**features, "label": labels, "sample_weight": weights}, start, n)
+            batch, _ = self._batch(arrays, start, n)
             losses[i] = run(**batch, learning_rate=lr)["loss"]
         return losses
 

@@ -1,0 +1,257 @@
+"""Interpreter benchmark: LiteRT signatures vs the same step in TF, side by side.
+
+For each model, batch size and thread count: conversion time, file size,
+latency (mean / p50 / p99) of ``train``, ``infer``, ``save`` and ``restore``
+in LiteRT, the TF ``tf.function`` train / infer step on the same batch and
+their ratio, the Python wrapper's overhead over the bare signature runner,
+and the interpreter's peak resident memory (measured in a fresh process that
+loads only LiteRT). All ratios come from measurements taken in one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    models: tuple[str, ...] = ("lr", "wide_deep", "deepfm", "pnn", "din", "edgerec")
+    batch_sizes: tuple[int, ...] = (32,)
+    threads: tuple[int, ...] = (1,)
+    warmup: int = 10
+    repeats: int = 100
+    wrapper_batches: int = 10  # batches per wrapper call when measuring its overhead
+    measure_memory: bool = True
+    seed: int = 0
+
+
+def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
+    """Mean / p50 / p99 in milliseconds."""
+    ms = np.asarray(seconds) * 1e3
+    return {"mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, list[float]]:
+    """Time several callables in alternation so drift in machine load hits all alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - start)
+    return out
+
+
+_MEMORY_PROBE = r"""
+import json, sys
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+
+def status_mb(key):  # VmHWM is this process's own peak (ru_maxrss survives exec)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith(key)) / 1024
+
+rss_mb = lambda: status_mb("VmRSS")
+
+before = rss_mb()
+it = Interpreter(model_path=sys.argv[1], num_threads=int(sys.argv[2]))
+inputs = json.loads(sys.argv[3])
+for key in ("train", "infer"):
+    runner = it.get_signature_runner(key)
+    feed = {n: np.zeros(s, d) for n, (s, d) in inputs[key].items()}
+    for _ in range(3):
+        runner(**feed)
+print(json.dumps({"peak_rss_mb": status_mb("VmHWM"),
+                  "interpreter_rss_mb": rss_mb() - before}))
+"""
+
+
+def interpreter_memory(path: Path, threads: int, metadata: dict[str, Any]) -> dict[str, float]:
+    """Memory of a fresh process that loads only LiteRT and runs train/infer:
+    its peak RSS, and the RSS the interpreter added (model, arena, variables)."""
+    inputs = {
+        key: {t["name"]: (t["shape"], t["dtype"]) for t in metadata["signatures"][key]["inputs"]}
+        for key in ("train", "infer")
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), json.dumps(inputs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def benchmark_model(name: str, batch_size: int, threads: Sequence[int], config: BenchmarkConfig, workdir: Path) -> list[dict]:
+    import tensorflow as tf
+
+    from lcft_tf import models
+    from lcft_tf.cloud.export import ExportConfig, TrainableModule, export_tflite
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+    from lcft_tf.device.model import OnDeviceModel
+
+    data = generate(SyntheticConfig(num_users=50, seed=config.seed))
+    features, labels = data.train_rows()
+    n = batch_size * config.wrapper_batches
+    reps = -(-n // len(labels))
+    features = {k: np.concatenate([v] * reps)[:n] for k, v in features.items()}
+    labels = np.concatenate([labels] * reps)[:n].astype(np.float32)
+    batch = {k: v[:batch_size] for k, v in features.items()}
+
+    model = models.build(name, data.spec, seed=config.seed)
+    export = ExportConfig(batch_size=batch_size, learning_rate=0.01, global_ctr=data.global_ctr)
+    path = workdir / f"{name}_b{batch_size}.tflite"
+    start = time.perf_counter()
+    metadata = export_tflite(model, path, export)
+    conversion = time.perf_counter() - start
+
+    module = TrainableModule(model, export)
+    tf_train = tf.function(module.train)
+    tf_infer = tf.function(module.infer)
+    tf_batch = {k: tf.constant(v) for k, v in batch.items()}
+    tf_label, tf_weight, tf_lr = tf.constant(labels[:batch_size]), tf.ones(batch_size), tf.constant(0.01)
+
+    rows = []
+    for t in threads:
+        device = OnDeviceModel(path, num_threads=t)
+        train_inputs = {**batch, "label": labels[:batch_size], "sample_weight": np.ones(batch_size, np.float32),
+                        "learning_rate": np.float32(0.01)}
+        state = device.save()
+        bare_inputs = {**features, "label": labels, "sample_weight": np.ones(n, np.float32)}
+
+        def bare_train():  # the hand-written loop the wrapper replaces
+            for i in range(0, n, batch_size):
+                device.run_signature(
+                    "train", {**{k: v[i : i + batch_size] for k, v in bare_inputs.items()}, "learning_rate": np.float32(0.01)}
+                )
+
+        timings = _interleaved(
+            {
+                "train": lambda: device.run_signature("train", train_inputs),
+                "tf_train": lambda: tf_train(**tf_batch, label=tf_label, sample_weight=tf_weight, learning_rate=tf_lr),
+                "infer": lambda: device.run_signature("infer", batch),
+                "tf_infer": lambda: tf_infer(**tf_batch),
+                "save": device.save,
+                "restore": lambda: device.restore(state),
+                "bare_train_x": bare_train,
+                "wrapper_train_x": lambda: device.train(features, labels),
+            },
+            config.warmup,
+            config.repeats,
+        )
+        stats = {k: latency_stats(v) for k, v in timings.items()}
+        per_step = config.wrapper_batches
+        row = {
+            "model": name,
+            "batch_size": batch_size,
+            "threads": t,
+            "tflite_kib": round(path.stat().st_size / 1024, 1),
+            "conversion_s": round(conversion, 2),
+            "num_state_tensors": len(metadata["checkpoint"]["tensors"]),
+            **{k: stats[k] for k in ("train", "tf_train", "infer", "tf_infer", "save", "restore")},
+            "train_ratio_litert_over_tf": stats["train"]["mean_ms"] / stats["tf_train"]["mean_ms"],
+            "infer_ratio_litert_over_tf": stats["infer"]["mean_ms"] / stats["tf_infer"]["mean_ms"],
+            "wrapper_step_ms": stats["wrapper_train_x"]["mean_ms"] / per_step,
+            "bare_step_ms": stats["bare_train_x"]["mean_ms"] / per_step,
+            "wrapper_overhead": stats["wrapper_train_x"]["mean_ms"] / stats["bare_train_x"]["mean_ms"] - 1.0,
+        }
+        if config.measure_memory:
+            row.update(interpreter_memory(path, t, metadata))
+        rows.append(row)
+        log.info("%s b=%d t=%d: train %.3f ms (TF %.3f ms)", name, batch_size, t,
+                 stats["train"]["mean_ms"], stats["tf_train"]["mean_ms"])
+    return rows
+
+
+def run_benchmark(config: BenchmarkConfig) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    rows: list[dict] = []
+    jobs = [(m, b) for m in config.models for b in config.batch_sizes]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, batch_size in tqdm(jobs, desc="benchmark", unit="model", disable=None):
+            rows += benchmark_model(name, batch_size, config.threads, config, Path(tmp))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    header = (
+        "| model | batch | threads | KiB | convert s | train ms (p50/p99) | TF train ms | LiteRT/TF train "
+        "| infer ms | TF infer ms | LiteRT/TF infer | save ms | restore ms | wrapper overhead | interpreter MB | process peak MB |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['batch_size']} | {r['threads']} | {r['tflite_kib']:.0f} | {r['conversion_s']:.1f} "
+            f"| {r['train']['mean_ms']:.3f} ({r['train']['p50_ms']:.3f}/{r['train']['p99_ms']:.3f}) "
+            f"| {r['tf_train']['mean_ms']:.3f} | {r['train_ratio_litert_over_tf']:.2f}x "
+            f"| {r['infer']['mean_ms']:.3f} | {r['tf_infer']['mean_ms']:.3f} | {r['infer_ratio_litert_over_tf']:.2f}x "
+            f"| {r['save']['mean_ms']:.3f} | {r['restore']['mean_ms']:.3f} | {100 * r['wrapper_overhead']:+.1f}% "
+            f"| {r.get('interpreter_rss_mb', float('nan')):.1f} | {r.get('peak_rss_mb', float('nan')):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_latency(rows: list[dict], path: str | os.PathLike) -> None:
+    """Train / infer latency vs batch size, one line per model and thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key in zip(axes, ("train", "infer")):
+        for model in sorted({r["model"] for r in rows}):
+            for t in sorted({r["threads"] for r in rows}):
+                sel = sorted((r for r in rows if r["model"] == model and r["threads"] == t), key=lambda r: r["batch_size"])
+                if sel:
+                    ax.plot([r["batch_size"] for r in sel], [r[key]["mean_ms"] for r in sel], marker="o",
+                            label=f"{model} ({t} thr)")
+                    ax.plot([r["batch_size"] for r in sel], [r[f"tf_{key}"]["mean_ms"] for r in sel], ls=":", alpha=0.5,
+                            color=ax.lines[-1].get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("mean latency (ms)")
+        ax.set_title(f"{key}: LiteRT (solid) vs TF tf.function (dotted)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def save_json(rows: list[dict], config: BenchmarkConfig, path: str | os.PathLike) -> None:
+    from lcft_tf import __version__
+    from lcft_tf._io import atomic_write
+
+    payload = {"config": dataclasses.asdict(config), "package_version": __version__, "results": rows}
+    atomic_write(path, json.dumps(payload, indent=2).encode())

@@ -1,0 +1,201 @@
+"""The one in-memory form every dataset takes, and the per-user view of it.
+
+Samples are stored sorted by user, then time, so one user's samples are a
+contiguous block ``offsets[u] : offsets[u + 1]``; the first
+``split[u] - offsets[u]`` of them are the user's train samples (the device's
+local data, also the cloud's training data), the rest the user's test
+samples. Everything downstream (cloud training, fleet simulation,
+evaluation) reads this and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from lcft_tf.features import FeatureSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class UserView:
+    """One user's data: train (local) and test samples in time order, and ``w_i``."""
+
+    user: int
+    train_features: dict[str, np.ndarray]
+    train_labels: np.ndarray
+    test_features: dict[str, np.ndarray]
+    test_labels: np.ndarray
+
+    @property
+    def local_ctr(self) -> float:
+        """``w_i``: the click rate of the user's train samples (NaN if none)."""
+        return float(self.train_labels.mean()) if len(self.train_labels) else float("nan")
+
+
+@dataclasses.dataclass
+class CTRDataset:
+    """Samples of many users, sorted by (user, time), with a train/test split."""
+
+    name: str
+    spec: FeatureSpec
+    features: dict[str, np.ndarray]
+    labels: np.ndarray  # int8, 0/1
+    timestamps: np.ndarray  # int64
+    offsets: np.ndarray  # [num_users + 1]
+    split: np.ndarray  # [num_users], absolute index of each user's first test sample
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Features stored once per key instead of once per sample (e.g. the
+    # 1,128-d genome of each movie): name -> (key feature, table[key id]).
+    lookups: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.offsets[0] != 0 or self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
+            raise ValueError("offsets must rise from 0 to the number of samples")
+        if np.any(self.split < self.offsets[:-1]) or np.any(self.split > self.offsets[1:]):
+            raise ValueError("each user's split must lie inside the user's block")
+        for name, value in self.features.items():
+            if len(value) != n:
+                raise ValueError(f"feature {name!r} has {len(value)} rows, expected {n}")
+        stored = set(self.features) | set(self.lookups)
+        if stored != set(self.spec.names):
+            raise ValueError(f"dataset columns {sorted(stored)} do not match the spec {sorted(self.spec.names)}")
+
+    def take(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
+        """Feature arrays of the selected samples, lookups materialised."""
+        out = {k: v[index] for k, v in self.features.items()}
+        for name, (key, table) in self.lookups.items():
+            out[name] = table[out[key]]
+        return {name: out[name] for name in self.spec.names}
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    @property
+    def train_mask(self) -> np.ndarray:
+        index = np.arange(self.num_samples)
+        user = np.repeat(np.arange(self.num_users), np.diff(self.offsets))
+        return index < self.split[user]
+
+    @property
+    def global_ctr(self) -> float:
+        """``w_g``: the click rate of all users' train samples."""
+        return float(self.labels[self.train_mask].mean())
+
+    def rows(self, mask: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self.take(mask), self.labels[mask]
+
+    def train_rows(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """All users' train samples: the cloud's training data."""
+        return self.rows(self.train_mask)
+
+    def test_rows(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        return self.rows(~self.train_mask)
+
+    def user(self, u: int) -> UserView:
+        if not 0 <= u < self.num_users:
+            raise IndexError(f"user {u} out of range [0, {self.num_users})")
+        a, s, b = int(self.offsets[u]), int(self.split[u]), int(self.offsets[u + 1])
+        return UserView(
+            user=u,
+            train_features=self.take(slice(a, s)),
+            train_labels=self.labels[a:s],
+            test_features=self.take(slice(s, b)),
+            test_labels=self.labels[s:b],
+        )
+
+    def local_ctrs(self) -> np.ndarray:
+        """``w_i`` of every user (NaN for users with no train samples)."""
+        clicks = np.r_[0, np.cumsum(self.labels, dtype=np.int64)]
+        counts = self.split - self.offsets[:-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(counts > 0, (clicks[self.split] - clicks[self.offsets[:-1]]) / counts, np.nan)
+
+    def subset_users(self, users: np.ndarray) -> "CTRDataset":
+        """A dataset with only ``users`` (in the given order)."""
+        users = np.asarray(users, dtype=np.int64)
+        blocks = [np.arange(self.offsets[u], self.offsets[u + 1]) for u in users]
+        index = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
+        sizes = np.diff(self.offsets)[users]
+        offsets = np.r_[0, np.cumsum(sizes)]
+        split = offsets[:-1] + (self.split - self.offsets[:-1])[users]
+        return CTRDataset(
+            name=self.name,
+            spec=self.spec,
+            features={k: v[index] for k, v in self.features.items()},
+            labels=self.labels[index],
+            timestamps=self.timestamps[index],
+            offsets=offsets,
+            split=split,
+            info={**self.info, "subset_of_users": int(self.num_users)},
+            lookups=self.lookups,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        train = self.train_mask
+        return {
+            "name": self.name,
+            "users": self.num_users,
+            "samples": self.num_samples,
+            "train_samples": int(train.sum()),
+            "test_samples": int((~train).sum()),
+            "global_ctr": round(self.global_ctr, 4) if train.any() else None,
+        }
+
+
+def user_index(offsets: np.ndarray) -> np.ndarray:
+    """The user of every sample, from the block offsets."""
+    return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+
+
+def previous_items(
+    offsets: np.ndarray,
+    timestamps: np.ndarray,
+    items: np.ndarray,
+    selected: np.ndarray,
+    length: int,
+    padding_id: int = 0,
+) -> np.ndarray:
+    """For every sample, the ``length`` most recent ``items`` of the same user's
+    *strictly earlier* samples where ``selected`` holds, most recent first,
+    padded with ``padding_id``. Samples must be sorted by (user, time);
+    samples with the same timestamp never see each other (no leakage)."""
+    n = len(items)
+    if n == 0:
+        return np.zeros((0, length), np.int32)
+    users = user_index(offsets)
+    chosen = items[selected].astype(np.int32)
+    before = np.r_[0, np.cumsum(selected, dtype=np.int64)]  # selected among samples [0, k)
+    is_first = np.ones(n, bool)
+    is_first[1:] = (users[1:] != users[:-1]) | (timestamps[1:] != timestamps[:-1])
+    group_start = np.maximum.accumulate(np.where(is_first, np.arange(n), 0))
+    end = before[group_start]  # selected strictly before this timestamp (global count)
+    start = before[offsets[:-1]][users]  # selected before the user's first sample
+    idx = end[:, None] - 1 - np.arange(length)[None, :]
+    valid = idx >= start[:, None]
+    if len(chosen) == 0:
+        return np.full((n, length), padding_id, np.int32)
+    return np.where(valid, chosen[np.clip(idx, 0, None)], padding_id).astype(np.int32)
+
+
+def per_user_split(offsets: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Each user's last ``test_fraction`` of samples (rounded, at least one
+    when the user has two or more) is test; the rest is train."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
+    sizes = np.diff(offsets)
+    test = np.where(sizes >= 2, np.clip(np.round(sizes * test_fraction), 1, sizes - 1), 0).astype(np.int64)
+    return offsets[1:] - test
+
+
+def global_split(offsets: np.ndarray, timestamps: np.ndarray, cut: int) -> np.ndarray:
+    """Samples with ``timestamp <= cut`` are train, later ones test."""
+    later = np.r_[0, np.cumsum(timestamps > cut, dtype=np.int64)]
+    return offsets[1:] - (later[offsets[1:]] - later[offsets[:-1]])
