@@ -17,8 +17,29 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_list("models", None, "Registry models, or 'all'. Default: din,wide_deep for run, all for benchmark.")
+
+# run
+flags.DEFINE_string("dataset", "synthetic", "run: synthetic, movielens or amazon.")
+flags.DEFINE_string("data_dir", None, "run: folder with the raw files of a real dataset.")
+flags.DEFINE_list("methods", list(("cloud", "local", "soft1", "soft2", "hard")), "run: methods to compare.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "run: cloud-training seeds; the table reports mean ± std over them.")
+flags.DEFINE_integer("num_users", None, "run: synthetic users to generate (default 500).")
+flags.DEFINE_integer("samples_per_user", None, "run: mean synthetic samples per user (default 200).")
+flags.DEFINE_integer("max_users", None, "run: use a seeded random sample of this many users.")
+flags.DEFINE_string("output_dir", "runs", "run: where runs/<name>/ goes.")
+flags.DEFINE_string("name", None, "run: run name (default: the dataset name).")
+flags.DEFINE_bool("resume", False, "run: reuse finished cloud models and fleet chunks of an interrupted run.")
+flags.DEFINE_integer("workers", 0, "run: fleet worker processes (0: one per core).")
+flags.DEFINE_float("device_lr", 0.01, "run: on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).")
+flags.DEFINE_integer("device_epochs", 1, "run: on-device fine-tuning epochs.")
+flags.DEFINE_integer("device_batch_size", 32, "run: static batch of the exported train signature.")
+flags.DEFINE_float("cloud_lr", 1.0, "run: cloud SGD learning rate (decayed x0.1 per epoch).")
+flags.DEFINE_integer("cloud_epochs", 2, "run: cloud training epochs.")
+flags.DEFINE_integer("cloud_batch_size", 32, "run: cloud training batch size.")
+flags.DEFINE_integer("hard_users_per_group", 20, "run: users sampled per CTR interval for the hard grid search.")
+
 # benchmark
-flags.DEFINE_list("models", None, "Registry models, or 'all'. Default: per command.")
 flags.DEFINE_list("batch_sizes", ["32"], "benchmark: static batch sizes to export and time.")
 flags.DEFINE_list("threads", ["1"], "benchmark: interpreter thread counts.")
 flags.DEFINE_integer("warmup", 10, "benchmark: untimed calls before timing.")
@@ -72,8 +93,54 @@ def benchmark_command() -> None:
         plot_latency(rows, FLAGS.plot)
 
 
+def run_command() -> None:
+    import dataclasses
+
+    from lcft_tf.cloud.hard import HardSearchConfig
+    from lcft_tf.cloud.train import CloudConfig
+    from lcft_tf.data.synthetic import SyntheticConfig
+    from lcft_tf.device.fleet import FleetConfig
+    from lcft_tf.experiment import ExperimentConfig, run_experiment
+
+    synthetic = SyntheticConfig()
+    if FLAGS.num_users:
+        synthetic = dataclasses.replace(synthetic, num_users=FLAGS.num_users)
+    if FLAGS.samples_per_user:
+        synthetic = dataclasses.replace(synthetic, mean_samples_per_user=FLAGS.samples_per_user)
+    try:
+        config = ExperimentConfig(
+            dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            synthetic=synthetic,
+            max_users=FLAGS.max_users,
+            models=tuple(_models(["din", "wide_deep"])),
+            methods=tuple(FLAGS.methods),
+            seeds=tuple(int(s) for s in FLAGS.seeds),
+            cloud=CloudConfig(batch_size=FLAGS.cloud_batch_size, epochs=FLAGS.cloud_epochs, learning_rate=FLAGS.cloud_lr),
+            fleet=FleetConfig(learning_rate=FLAGS.device_lr, epochs=FLAGS.device_epochs, workers=FLAGS.workers),
+            hard=HardSearchConfig(users_per_group=FLAGS.hard_users_per_group),
+            export_batch_size=FLAGS.device_batch_size,
+            output_dir=FLAGS.output_dir,
+            name=FLAGS.name,
+            resume=FLAGS.resume,
+        )
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
+    results = run_experiment(config)
+    print(results["table"])
+    print(f"\nwrote {config.output_dir}/{config.run_name}/ (results.json, report.md, figures)")
+
+
+def _only_ours_below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
+
+
 def main(argv: list[str]) -> None:
-    logging.getLogger().setLevel(logging.INFO)
+    # Our INFO lines, and only warnings from TF / absl internals (which
+    # reset the root level while saving models, so filter at the handler).
+    logging.getLogger("lcft_tf").setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_only_ours_below_warning)
     commands = argv[1:] or ["run"]
     if len(commands) > 1 or commands[0] not in COMMANDS:
         raise app.UsageError(f"expected one command from {COMMANDS}, got {commands}")

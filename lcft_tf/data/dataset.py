@@ -11,11 +11,17 @@ evaluation) reads this and nothing else.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lcft_tf._io import atomic_write
 from lcft_tf.features import FeatureSpec
+
+DATASET_FORMAT = "lcft-dataset-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +142,49 @@ class CTRDataset:
             split=split,
             info={**self.info, "subset_of_users": int(self.num_users)},
             lookups=self.lookups,
+        )
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write every array as ``.npy`` plus ``dataset.json``: loadable
+        memory-mapped by many worker processes at once (no pickle)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {f"feature.{k}": v for k, v in self.features.items()}
+        arrays.update({f"lookup.{k}": table for k, (_, table) in self.lookups.items()})
+        arrays.update(labels=self.labels, timestamps=self.timestamps, offsets=self.offsets, split=self.split)
+        for name, value in arrays.items():
+            np.save(directory / f"{name}.npy", np.ascontiguousarray(value), allow_pickle=False)
+        meta = {
+            "format": DATASET_FORMAT,
+            "name": self.name,
+            "spec": self.spec.to_json(),
+            "info": self.info,
+            "features": sorted(self.features),
+            "lookups": {k: key for k, (key, _) in self.lookups.items()},
+        }
+        atomic_write(directory / "dataset.json", json.dumps(meta, indent=2, default=str).encode())
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "CTRDataset":
+        directory = Path(directory)
+        meta_path = directory / "dataset.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no saved dataset in {directory} (expected {meta_path})")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != DATASET_FORMAT:
+            raise ValueError(f"{meta_path}: unsupported dataset format {meta.get('format')!r}")
+        load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        return cls(
+            name=meta["name"],
+            spec=FeatureSpec.from_json(meta["spec"]),
+            features={k: load(f"feature.{k}") for k in meta["features"]},
+            labels=load("labels"),
+            timestamps=load("timestamps"),
+            offsets=np.asarray(load("offsets")),
+            split=np.asarray(load("split")),
+            info=meta["info"],
+            lookups={k: (key, load(f"lookup.{k}")) for k, key in meta["lookups"].items()},
         )
 
     def summary(self) -> dict[str, Any]:

@@ -44,13 +44,13 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     num_users: int = 500
-    num_items: int = 1000
+    num_items: int = 300
     num_categories: int = 20
-    mean_samples_per_user: float = 100.0
+    mean_samples_per_user: float = 200.0
     min_samples_per_user: int = 20
     global_ctr: float = 0.5
     ctr_spread: float = 1.0
-    taste_weight: float = 1.0
+    taste_weight: float = 1.5
     popularity_spread: float = 0.5
     latent_dim: int = 8
     dense_dim: int = 16

@@ -85,6 +85,14 @@ class CTRModel(keras.Model):
         self(dummy)
         return self
 
+    def get_build_config(self):
+        return {"from_spec": True}
+
+    def build_from_config(self, config):
+        # Weights are created from the spec (dict of int/float inputs); the
+        # generic Keras path would build with float inputs and fail.
+        self.build_from_spec()
+
     def get_config(self):
         return {
             "spec": self.spec.to_json(),

@@ -1,0 +1,102 @@
+"""Cloud training: a registry model on all users' train samples, through Keras.
+
+Paper defaults (DESIGN.md §1): SGD, batch 32, 2 epochs, learning rate 1.0
+decayed x0.1 per epoch. ``model.fit`` runs on a ``tf.data`` pipeline under a
+``tf.distribute`` strategy (the default one on a laptop), so the same code
+scales to several GPUs/workers by passing another strategy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from lcft_tf import models
+from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.models.base import CTRModel
+from lcft_tf.models.losses import corrected_log_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CloudConfig:
+    batch_size: int = 32
+    epochs: int = 2
+    learning_rate: float = 1.0
+    decay_per_epoch: float = 0.1
+    shuffle: bool = True
+    seed: int = 0
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.epochs < 0:
+            raise ValueError("batch_size must be >= 1 and epochs >= 0")
+        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate}")
+
+
+@keras.saving.register_keras_serializable(package="lcft_tf")
+class CorrectedLogLoss(keras.losses.Loss):
+    """Keras face of :func:`corrected_log_loss` (the device's loss), so cloud
+    and device optimise the same objective."""
+
+    def __init__(self, name: str = "corrected_log_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return corrected_log_loss(tf.reshape(y_pred, [-1]), tf.cast(tf.reshape(y_true, [-1]), tf.float32))
+
+
+def as_tf_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    data = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.float32)))
+    if shuffle:
+        data = data.shuffle(min(len(labels), 100_000), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def compile_for_sgd(model: CTRModel, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate), loss=CorrectedLogLoss(), jit_compile=False)
+
+
+def train_cloud(
+    name: str,
+    dataset: CTRDataset,
+    config: CloudConfig | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int = 0,
+) -> CTRModel:
+    """Build registry model ``name`` and fit it on every user's train samples."""
+    config = config or CloudConfig()
+    strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = models.build(name, dataset.spec, seed=config.seed, **config.model_kwargs)
+        compile_for_sgd(model, config.learning_rate)
+    features, labels = dataset.train_rows()
+    if config.epochs and len(labels):
+        schedule = keras.callbacks.LearningRateScheduler(
+            lambda epoch, _: config.learning_rate * config.decay_per_epoch**epoch
+        )
+        data = as_tf_dataset(features, labels, config.batch_size, config.shuffle, config.seed)
+        history = model.fit(data, epochs=config.epochs, callbacks=[schedule], verbose=verbose, shuffle=False)
+        log.info("cloud %s: loss per epoch %s", name, [round(v, 4) for v in history.history["loss"]])
+    return model
+
+
+def save_cloud_model(model: CTRModel, directory: str | os.PathLike) -> Path:
+    """Save the Keras model as ``<dir>/<name>.keras`` (loads with plain
+    ``keras.models.load_model`` once ``lcft_tf.models`` is imported)."""
+    path = Path(directory) / f"{model.name}.keras"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".keras.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path

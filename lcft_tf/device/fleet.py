@@ -1,0 +1,288 @@
+"""Many phones: every user fine-tunes the cloud model on their own samples.
+
+For each user a device restores the cloud weights, fine-tunes ``epochs``
+passes over its train samples in time order with raw labels (Local) or
+corrected labels (Soft1 / Soft2 / Hard, computed by the file's ``correct``
+signature), then predicts its test samples. Cloud = no fine-tuning. Every
+step runs in the LiteRT interpreter through :class:`OnDeviceModel`.
+
+Each worker process loads the model once and ``restore``s the cloud weights
+per user and method (DESIGN.md §2.8). Work is split into chunks of users;
+each finished chunk is written atomically under ``<out>/chunks/``, so an
+interrupted run resumed with ``resume=True`` skips finished chunks and ends
+with the same numbers. The executor is pluggable (serial, local process
+pool; a Ray executor only needs the same ``map_unordered``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+
+from lcft_tf._io import atomic_write, sha256
+from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.device.model import OnDeviceModel
+
+log = logging.getLogger(__name__)
+
+METHODS = ("cloud", "local", "soft1", "soft2", "hard")
+CORRECTION = {"local": "none", "soft1": "soft1", "soft2": "soft2", "hard": "hard"}
+
+
+@dataclasses.dataclass(frozen=True)
+class FleetConfig:
+    methods: tuple[str, ...] = ("cloud", "local", "soft1", "soft2", "hard")
+    learning_rate: float = 0.01
+    epochs: int = 1
+    users_per_chunk: int = 32
+    workers: int = 0  # 0: one per CPU core
+    interpreter_threads: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown fleet methods {unknown}; choose from {METHODS}")
+        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
+            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate}")
+        if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
+            raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
+
+
+# -- executors ---------------------------------------------------------------
+class Executor(Protocol):
+    def map_unordered(
+        self, initializer: Callable[..., None], initargs: tuple, fn: Callable[[Any], Any], tasks: list
+    ) -> Iterator[Any]: ...
+
+
+class SerialExecutor:
+    """Runs every task in this process (tests, debugging, one core)."""
+
+    def map_unordered(self, initializer, initargs, fn, tasks):
+        initializer(*initargs)
+        for task in tasks:
+            yield fn(task)
+
+
+class ProcessExecutor:
+    """A local pool of spawned processes (no fork: the parent may hold TF)."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+
+    def map_unordered(self, initializer, initargs, fn, tasks):
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(self.workers, max(len(tasks), 1)),
+            mp_context=context,
+            initializer=initializer,
+            initargs=initargs,
+        ) as pool:
+            futures = [pool.submit(fn, task) for task in tasks]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def default_executor(config: FleetConfig) -> Executor:
+    workers = config.workers or os.cpu_count() or 1
+    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
+
+
+# -- one user ------------------------------------------------------------------
+def fine_tune_and_predict(
+    device: OnDeviceModel,
+    cloud_state: dict[str, np.ndarray],
+    train_features: dict[str, np.ndarray],
+    train_labels: np.ndarray,
+    test_features: dict[str, np.ndarray],
+    method: str,
+    learning_rate: float,
+    epochs: int,
+) -> np.ndarray:
+    """Test predictions of one user's device after fine-tuning with ``method``."""
+    device.restore(cloud_state)
+    if method != "cloud" and len(train_labels) and epochs:
+        labels = device.correct(train_labels, CORRECTION[method])
+        for _ in range(epochs):
+            device.train(train_features, labels, learning_rate=learning_rate)
+    return device.infer(test_features)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    device = OnDeviceModel(model_path, num_threads=config.interpreter_threads)
+    _WORKER.update(
+        device=device,
+        state=device.save(),
+        dataset=CTRDataset.load(dataset_dir),
+        config=config,
+        chunk_dir=Path(chunk_dir),
+    )
+
+
+def _run_chunk(users: tuple[int, int]) -> tuple[int, int, int]:
+    """Fine-tune users ``[start, stop)``; write their chunk file; return
+    ``(start, users done, device train steps)``."""
+    device: OnDeviceModel = _WORKER["device"]
+    dataset: CTRDataset = _WORKER["dataset"]
+    config: FleetConfig = _WORKER["config"]
+    records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
+    predictions: dict[str, list] = {m: [] for m in config.methods}
+    steps = 0
+    for u in range(*users):
+        view = dataset.user(u)
+        if len(view.test_labels) == 0:
+            continue  # nothing to evaluate
+        records["user"].append(u)
+        records["local_ctr"].append(view.local_ctr)
+        records["num_train"].append(len(view.train_labels))
+        records["num_test"].append(len(view.test_labels))
+        records["labels"].append(view.test_labels)
+        for method in config.methods:
+            predictions[method].append(
+                fine_tune_and_predict(
+                    device, _WORKER["state"], view.train_features, view.train_labels, view.test_features,
+                    method, config.learning_rate, config.epochs,
+                )
+            )
+            if method != "cloud":
+                steps += config.epochs * -(-len(view.train_labels) // device.batch_size)
+    arrays = {
+        "user": np.asarray(records["user"], np.int64),
+        "local_ctr": np.asarray(records["local_ctr"], np.float64),
+        "num_train": np.asarray(records["num_train"], np.int64),
+        "num_test": np.asarray(records["num_test"], np.int64),
+        "labels": _concat(records["labels"], np.int8),
+        **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write(_WORKER["chunk_dir"] / f"{users[0]:08d}.npz", buffer.getvalue())
+    return users[0], users[1] - users[0], steps
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+# -- results -------------------------------------------------------------------
+@dataclasses.dataclass
+class FleetResults:
+    """Per-user and per-test-sample outputs of a fleet run."""
+
+    users: np.ndarray  # [U] dataset user index
+    local_ctr: np.ndarray  # [U] w_i (NaN: no train samples)
+    num_train: np.ndarray
+    num_test: np.ndarray
+    labels: np.ndarray  # [S] test labels, users' blocks in order
+    predictions: dict[str, np.ndarray]  # method -> [S]
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def sample_users(self) -> np.ndarray:
+        return np.repeat(self.users, self.num_test)
+
+
+def load_results(out_dir: str | os.PathLike, methods: Iterable[str]) -> FleetResults:
+    chunks = sorted((Path(out_dir) / "chunks").glob("*.npz"))
+    if not chunks:
+        raise FileNotFoundError(f"no fleet results under {out_dir}")
+    parts = []
+    for path in chunks:
+        with np.load(path, allow_pickle=False) as data:
+            parts.append({k: data[k] for k in data.files})
+    cat = lambda key: np.concatenate([p[key] for p in parts])
+    return FleetResults(
+        users=cat("user"),
+        local_ctr=cat("local_ctr"),
+        num_train=cat("num_train"),
+        num_test=cat("num_test"),
+        labels=cat("labels"),
+        predictions={m: cat(f"pred.{m}") for m in methods},
+    )
+
+
+def simulate(
+    model_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: FleetConfig | None = None,
+    resume: bool = False,
+    executor: Executor | None = None,
+    users: tuple[int, int] | None = None,
+) -> FleetResults:
+    """Run the fleet over the users saved in ``dataset_dir`` (see
+    :meth:`CTRDataset.save`); ``users`` limits it to a ``[start, stop)`` range."""
+    from tqdm.auto import tqdm
+
+    config = config or FleetConfig()
+    out_dir, model_path = Path(out_dir), Path(model_path)
+    dataset = CTRDataset.load(dataset_dir)
+    start, stop = users or (0, dataset.num_users)
+    if "hard" in config.methods and not OnDeviceModel(model_path).hard_table:
+        raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
+    manifest = {
+        "model_sha256": sha256(model_path.read_bytes()),
+        "dataset": dataset.summary(),
+        "users": [start, stop],
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers",)},
+    }
+    chunk_dir = out_dir / "chunks"
+    manifest_path = out_dir / "fleet.json"
+    if resume and manifest_path.exists():
+        previous = json.loads(manifest_path.read_text())
+        if previous != json.loads(json.dumps(manifest)):
+            raise ValueError(f"cannot resume {out_dir}: it was started with another model, dataset or config")
+    elif chunk_dir.exists():
+        shutil.rmtree(chunk_dir)
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
+
+    done = {int(p.stem) for p in chunk_dir.glob("*.npz")}
+    tasks = [
+        (a, min(a + config.users_per_chunk, stop))
+        for a in range(start, stop, config.users_per_chunk)
+        if a not in done
+    ]
+    executor = executor or default_executor(config)
+    began = time.perf_counter()
+    steps = 0
+    with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
+              disable=None) as bar:
+        for _, count, chunk_steps in executor.map_unordered(
+            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir)), _run_chunk, tasks
+        ):
+            steps += chunk_steps
+            bar.update(count)
+    seconds = time.perf_counter() - began
+    results = load_results(out_dir, config.methods)
+    simulated = sum(b - a for a, b in tasks)
+    results.stats = {
+        "seconds": seconds,
+        "users_simulated_now": simulated,
+        "users_per_second": simulated / seconds if seconds > 0 and simulated else None,
+        "device_train_steps": steps,
+        "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
+        "resumed_chunks": len(done),
+    }
+    log.info("fleet: %d users in %.1f s (%s users/s)", simulated, seconds, results.stats["users_per_second"])
+    return results
