@@ -26,3 +26,20 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def to_json(obj, indent: int | None = 2) -> bytes:
+    """Strict JSON (NaN / inf become null, which other tools can read)."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False).encode()

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from lcft_tf import __version__
-from lcft_tf._io import atomic_write
+from lcft_tf._io import atomic_write, to_json
 from lcft_tf.cloud.hard import HardSearchConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
@@ -108,7 +108,7 @@ def _cloud_stage(model_name: str, seed: int, dataset: CTRDataset, config: Experi
         )
         export_tflite(model, path, dataclasses.replace(export, hard_table=table))
     info = {"model": model_name, "seed": seed, "train_seconds": round(trained, 2), "hard_search": hard}
-    atomic_write(marker, json.dumps(info, indent=2).encode())
+    atomic_write(marker, to_json(info))
     return info
 
 
@@ -147,13 +147,14 @@ def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
     summary_table = {(config.dataset, m): aggregate(list(r.values())) for m, r in runs.items()}
     results = {
         "package_version": __version__,
-        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "config": dataclasses.asdict(config),
         "dataset": summary,
         "global_ctr": global_ctr,
         "summary": {m: summary_table[(config.dataset, m)] for m in runs},
         "runs": {m: {str(s): ev for s, ev in r.items()} for m, r in runs.items()},
     }
-    atomic_write(out / "results.json", json.dumps(results, indent=2).encode())
+    results = json.loads(to_json(results))  # what the file holds: NaN -> null
+    atomic_write(out / "results.json", to_json(results))
     figures = plot_figures({f"{m}, seed {min(r)}": r[min(r)] for m, r in runs.items()}, out)
     table = markdown_table(summary_table, config.methods)
     atomic_write(out / "report.md", render_report(config, results, table, figures).encode())
