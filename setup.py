@@ -17,6 +17,7 @@ setup(
         "tensorflow>=2.16",
         "ai-edge-litert>=1.0",
         "tensorflow-datasets>=4.9",
+        "importlib-resources>=6",  # needed by tensorflow-datasets' builders, not pulled in by it
         "numpy>=1.26",
         "absl-py>=1.4",
         "matplotlib>=3.7",

@@ -22,6 +22,9 @@ flags.DEFINE_list("models", None, "Registry models, or 'all'. Default: din,wide_
 # run
 flags.DEFINE_string("dataset", "synthetic", "run: synthetic, movielens or amazon.")
 flags.DEFINE_string("data_dir", None, "run: folder with the raw files of a real dataset.")
+flags.DEFINE_bool("skip_bad_rows", False, "run: skip (and count) malformed raw rows instead of failing.")
+flags.DEFINE_string("cache_dir", None, "run: where prepared real datasets are cached (default ~/.cache/lcft_tf).")
+flags.DEFINE_enum("split", "auto", ["auto", "global", "per_user"], "run: MovieLens time split (see lcft_tf.data.movielens).")
 flags.DEFINE_list("methods", list(("cloud", "local", "soft1", "soft2", "hard")), "run: methods to compare.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "run: cloud-training seeds; the table reports mean ± std over them.")
 flags.DEFINE_integer("num_users", None, "run: synthetic users to generate (default 500).")
@@ -93,6 +96,15 @@ def benchmark_command() -> None:
         plot_latency(rows, FLAGS.plot)
 
 
+def _data_options() -> dict:
+    options: dict = {}
+    if FLAGS.skip_bad_rows:
+        options["skip_bad_rows"] = True
+    if FLAGS.dataset == "movielens" and FLAGS.split != "auto":
+        options["split"] = FLAGS.split
+    return options
+
+
 def run_command() -> None:
     import dataclasses
 
@@ -111,6 +123,8 @@ def run_command() -> None:
         config = ExperimentConfig(
             dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir,
+            data_options=_data_options(),
+            cache_dir=FLAGS.cache_dir,
             synthetic=synthetic,
             max_users=FLAGS.max_users,
             models=tuple(_models(["din", "wide_deep"])),
@@ -126,7 +140,13 @@ def run_command() -> None:
         )
     except ValueError as err:
         raise app.UsageError(str(err)) from None
-    results = run_experiment(config)
+    from lcft_tf.data.raw import RawDataError
+
+    try:
+        results = run_experiment(config)
+    except (FileNotFoundError, RawDataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print(results["table"])
     print(f"\nwrote {config.output_dir}/{config.run_name}/ (results.json, report.md, figures)")
 

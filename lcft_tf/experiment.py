@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 class ExperimentConfig:
     dataset: str = "synthetic"
     data_dir: str | None = None
+    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # MovieLens / Amazon options
+    cache_dir: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
     max_users: int | None = None  # a seeded random sample of users, for quick runs
     models: tuple[str, ...] = ("din", "wide_deep")
@@ -76,7 +78,7 @@ def load_dataset(config: ExperimentConfig) -> CTRDataset:
     else:
         from lcft_tf.data import load_real_dataset
 
-        dataset = load_real_dataset(config.dataset, config.data_dir)
+        dataset = load_real_dataset(config.dataset, config.data_dir, config.cache_dir, **config.data_options)
     if config.max_users is not None and config.max_users < dataset.num_users:
         rng = np.random.default_rng(config.synthetic.seed)
         dataset = dataset.subset_users(np.sort(rng.choice(dataset.num_users, config.max_users, replace=False)))
