@@ -162,3 +162,28 @@ def test_main_job_cli_writes_all_outputs(tmp_path):
 
     bad = subprocess.run([sys.executable, "-m", "lcft_tf", "run", "--models=nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown models" in bad.stderr
+
+
+def test_experiment_on_movielens_raw_files(tmp_path):
+    from raw_fixtures import write_movielens
+
+    write_movielens(tmp_path / "raw", "100k", num_users=20, per_user=20)
+    config = ExperimentConfig(
+        dataset="movielens",
+        data_dir=str(tmp_path / "raw"),
+        cache_dir=str(tmp_path / "cache"),
+        data_options={"history_length": 5},
+        models=("lr",),
+        methods=("cloud", "local", "soft1"),
+        cloud=TINY_CLOUD,
+        fleet=FleetConfig(learning_rate=0.1, workers=1),
+        export_batch_size=16,
+        output_dir=str(tmp_path),
+        name="ml",
+    )
+    results = run_experiment(config)
+    assert results["dataset"]["users"] == 20
+    run = results["runs"]["lr"]["0"]
+    assert run["users"] == 20
+    assert run["methods"]["cloud"]["users_used"] + run["methods"]["cloud"]["users_left_out"] == 20
+    assert set(run["methods"]) == {"cloud", "local", "soft1"}

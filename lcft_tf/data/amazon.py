@@ -119,7 +119,8 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
     all_items = np.concatenate([items[:, None], negatives], axis=1).reshape(-1)
     all_times = np.repeat(times, k + 1)
     labels = np.tile(np.r_[1, np.zeros(k)], len(items)).astype(np.int8)
-    order = np.lexsort((1 - labels, all_items, all_times, all_users))
+    review = np.repeat(np.arange(len(items)), k + 1)  # a review's negatives follow it
+    order = np.lexsort((1 - labels, review, all_times, all_users))
     all_users, all_items, all_times, labels = all_users[order], all_items[order], all_times[order], labels[order]
 
     _, counts = np.unique(all_users, return_counts=True)
