@@ -50,6 +50,9 @@ flags.DEFINE_integer("repeats", 100, "benchmark: timed calls per measurement.")
 flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
 flags.DEFINE_string("plot", None, "benchmark: also draw latency vs batch size to this PNG.")
 flags.DEFINE_bool("memory", True, "benchmark: measure interpreter memory in a fresh process.")
+flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
+                  "benchmark: 'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline; "
+                  "--num_users, --samples_per_user, --workers apply).")
 
 COMMANDS = ("run", "benchmark")
 
@@ -76,10 +79,33 @@ def _ints(values: list[str], flag: str) -> tuple[int, ...]:
     return out
 
 
+def fleet_benchmark_command() -> None:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from lcft_tf._io import atomic_write, to_json
+    from lcft_tf.benchmark import FleetBenchmarkConfig, run_fleet_benchmark
+
+    config = FleetBenchmarkConfig(
+        model=_models(["din"])[0],
+        num_users=FLAGS.num_users or 5700,
+        samples_per_user=FLAGS.samples_per_user or 570,
+        workers=FLAGS.workers,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_fleet_benchmark(config, Path(tmp))
+    print(json.dumps(json.loads(to_json(result)), indent=2))
+    if FLAGS.json:
+        atomic_write(FLAGS.json, to_json(result))
+
+
 def benchmark_command() -> None:
     from lcft_tf.benchmark import BenchmarkConfig, format_table, plot_latency, run_benchmark, save_json
     from lcft_tf.models import REGISTRY
 
+    if FLAGS.suite == "fleet":
+        return fleet_benchmark_command()
     config = BenchmarkConfig(
         models=tuple(_models(list(REGISTRY))),
         batch_sizes=_ints(FLAGS.batch_sizes, "batch_sizes"),

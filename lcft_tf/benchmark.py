@@ -255,3 +255,99 @@ def save_json(rows: list[dict], config: BenchmarkConfig, path: str | os.PathLike
 
     payload = {"config": dataclasses.asdict(config), "package_version": __version__, "results": rows}
     atomic_write(path, json.dumps(payload, indent=2).encode())
+
+
+# -- fleet scale and the naive baseline ------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FleetBenchmarkConfig:
+    model: str = "din"
+    num_users: int = 5700
+    samples_per_user: float = 570.0
+    num_items: int = 20000
+    methods: tuple[str, ...] = ("cloud", "local", "soft1", "soft2")
+    naive_users: int = 200
+    naive_methods: tuple[str, ...] = ("local", "soft1")
+    cloud_epochs: int = 1
+    cloud_batch_size: int = 1024
+    device_lr: float = 0.01
+    workers: int = 0
+    seed: int = 0
+
+
+def naive_fine_tune(model, cloud_weights, view, method: str, global_ctr: float, lr: float, batch_size: int):
+    """The naive way: rebuild the Keras model from the cloud weights and
+    ``model.fit`` the user's samples (what the fleet replaces)."""
+    from lcft_tf import models
+    from lcft_tf.cloud.train import compile_for_sgd
+    from lcft_tf.correction import correct_labels
+
+    fresh = models.build(model.model_name, model.spec, **{k: v for k, v in model.get_config().items()
+                                                            if k not in ("spec", "name")})
+    fresh.set_weights(cloud_weights)
+    compile_for_sgd(fresh, lr)
+    labels = correct_labels(view.train_labels, {"local": "none"}.get(method, method), global_ctr)
+    fresh.fit(view.train_features, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    return fresh.predict_proba(view.test_features)
+
+
+def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str, Any]:
+    from lcft_tf.cloud.export import ExportConfig, export_tflite
+    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.evaluation.metrics import user_weighted_auc
+
+    out: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    start = time.perf_counter()
+    data = generate(SyntheticConfig(num_users=config.num_users, mean_samples_per_user=config.samples_per_user,
+                                    num_items=config.num_items, seed=config.seed))
+    out["generation_seconds"] = time.perf_counter() - start
+    out["dataset"] = data.summary()
+    out["generation_samples_per_second"] = data.num_samples / out["generation_seconds"]
+    data.save(workdir / "dataset")
+
+    start = time.perf_counter()
+    model = train_cloud(config.model, data, CloudConfig(epochs=config.cloud_epochs, batch_size=config.cloud_batch_size,
+                                                        seed=config.seed))
+    out["cloud_seconds"] = time.perf_counter() - start
+    path = workdir / f"{config.model}.tflite"
+    export_tflite(model, path, ExportConfig(learning_rate=config.device_lr, global_ctr=data.global_ctr))
+
+    fleet_config = FleetConfig(methods=config.methods, learning_rate=config.device_lr, workers=config.workers)
+    fleet = simulate(path, workdir / "dataset", workdir / "fleet", fleet_config)
+    out["fleet"] = fleet.stats
+    index = np.repeat(np.arange(len(fleet.users)), fleet.num_test)
+    out["fleet_auc"] = {m: user_weighted_auc(index, fleet.labels, p).value for m, p in fleet.predictions.items()}
+
+    # Naive vs fleet on the same users, measured one after the other in this run.
+    n = min(config.naive_users, data.num_users)
+    small = simulate(path, workdir / "dataset", workdir / "fleet_small",
+                     dataclasses.replace(fleet_config, methods=config.naive_methods), users=(0, n))
+    weights = model.get_weights()
+    start = time.perf_counter()
+    naive = {m: [] for m in config.naive_methods}
+    for u in range(n):
+        view = data.user(u)
+        if len(view.test_labels) == 0:
+            continue
+        for m in config.naive_methods:
+            naive[m].append(naive_fine_tune(model, weights, view, m, data.global_ctr, config.device_lr, 32))
+    naive_seconds = time.perf_counter() - start
+    index = np.repeat(np.arange(len(small.users)), small.num_test)
+    comparison = {}
+    for m in config.naive_methods:
+        naive_pred = np.concatenate(naive[m])
+        comparison[m] = {
+            "fleet_auc": user_weighted_auc(index, small.labels, small.predictions[m]).value,
+            "naive_auc": user_weighted_auc(index, small.labels, naive_pred).value,
+            "max_abs_prediction_diff": float(np.abs(naive_pred - small.predictions[m]).max()),
+        }
+    out["naive"] = {
+        "users": n,
+        "methods": list(config.naive_methods),
+        "naive_seconds": naive_seconds,
+        "fleet_seconds": small.stats["seconds"],
+        "speedup": naive_seconds / small.stats["seconds"],
+        "per_method": comparison,
+    }
+    return out

@@ -238,6 +238,8 @@ def simulate(
     out_dir, model_path = Path(out_dir), Path(model_path)
     dataset = CTRDataset.load(dataset_dir)
     start, stop = users or (0, dataset.num_users)
+    if not 0 <= start <= stop <= dataset.num_users:
+        raise ValueError(f"user range {users} is not inside [0, {dataset.num_users}]")
     if "hard" in config.methods and not OnDeviceModel(model_path).hard_table:
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
     manifest = {
