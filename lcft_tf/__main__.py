@@ -2,7 +2,8 @@
 
 Commands:
   run        (default) the experiment: cloud training, device fleet, report
-  benchmark  LiteRT vs TF latency, size, memory for the registry models
+  benchmark  LiteRT vs TF latency, size, memory (--suite fleet: fleet scale)
+  bundle     rebuild tflite_models/ (ready .tflite + .json for mobile apps)
 """
 
 from __future__ import annotations
@@ -54,7 +55,10 @@ flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
                   "benchmark: 'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline; "
                   "--num_users, --samples_per_user, --workers apply).")
 
-COMMANDS = ("run", "benchmark")
+# bundle
+flags.DEFINE_string("out", "tflite_models", "bundle: folder to (re)write the ready models into.")
+
+COMMANDS = ("run", "benchmark", "bundle")
 
 
 def _models(default: list[str]) -> list[str]:
@@ -181,6 +185,17 @@ def _only_ours_below_warning(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
 
 
+def bundle_command() -> None:
+    from lcft_tf.bundle import BundleConfig, build_bundle, verify_bundle
+    from lcft_tf.models import REGISTRY
+
+    entries = build_bundle(FLAGS.out, BundleConfig(models=tuple(_models(list(REGISTRY)))))
+    verify_bundle(FLAGS.out)
+    for e in entries:
+        print(f"{e['tflite']:<20} {e['bytes'] / 1024:8.1f} KiB  sha256 {e['sha256'][:16]}")
+    print(f"wrote {FLAGS.out}/ (+ index.json); every model loads, trains a step and restores")
+
+
 def main(argv: list[str]) -> None:
     # Our INFO lines, and only warnings from TF / absl internals (which
     # reset the root level while saving models, so filter at the handler).
@@ -190,7 +205,7 @@ def main(argv: list[str]) -> None:
     commands = argv[1:] or ["run"]
     if len(commands) > 1 or commands[0] not in COMMANDS:
         raise app.UsageError(f"expected one command from {COMMANDS}, got {commands}")
-    {"benchmark": benchmark_command, "run": run_command}[commands[0]]()
+    {"benchmark": benchmark_command, "run": run_command, "bundle": bundle_command}[commands[0]]()
 
 
 def run() -> None:

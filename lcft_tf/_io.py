@@ -14,6 +14,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -22,6 +23,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def sha256(data: bytes) -> str:
@@ -43,3 +50,16 @@ def to_json(obj, indent: int | None = 2) -> bytes:
         return value
 
     return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False).encode()
+
+
+CHECKPOINT_FORMAT = "lcft-checkpoint-v1"  # safetensors __metadata__["format"] of device checkpoints
+
+
+def state_fingerprint(tensors) -> str:
+    """Identifies a model's checkpoint layout: sha256 over its sorted
+    ``(name, shape, dtype)`` triples. Stored in the model's metadata so any
+    host (Kotlin included) can stamp checkpoints without recomputing it."""
+    import json
+
+    triples = sorted([t["name"], [int(d) for d in t["shape"]], t["dtype"]] for t in tensors)
+    return sha256(json.dumps(triples).encode())

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from lcft_tf import __version__
-from lcft_tf._io import atomic_write, sha256
+from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
 from lcft_tf.correction import METHODS, HardCorrectionTable
 from lcft_tf.features import FeatureSpec
 from lcft_tf.models.base import CTRModel
@@ -245,8 +245,9 @@ def _tensor_info(spec: tf.TensorSpec | tf.Tensor, name: str) -> dict[str, Any]:
     return {"name": name, "shape": [int(d) for d in spec.shape], "dtype": spec.dtype.name}
 
 
-def build_metadata(module: TrainableModule, tflite: bytes, conversion_seconds: float) -> dict[str, Any]:
-    """Everything a device (Python or Android) needs to drive the file."""
+def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
+    """Everything a device (Python or Android) needs to drive the file;
+    deterministic for the same model and config (no timings)."""
     c = module.config
     feature_inputs = [_tensor_info(s, n) for n, s in module.feature_specs().items()]
     state = [_tensor_info(v, n) for n, v in zip(module.state_names, module._state)]
@@ -297,10 +298,14 @@ def build_metadata(module: TrainableModule, tflite: bytes, conversion_seconds: f
                 ],
             },
         },
-        "checkpoint": {"format": "safetensors", "tensors": [s["name"] for s in state]},
+        "checkpoint": {
+            "format": CHECKPOINT_FORMAT,
+            "container": "safetensors",
+            "fingerprint": state_fingerprint(state),
+            "tensors": [s["name"] for s in state],
+        },
         "tflite_bytes": len(tflite),
         "tflite_sha256": sha256(tflite),
-        "conversion_seconds": round(conversion_seconds, 3),
     }
 
 
@@ -315,7 +320,7 @@ def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig
     module = TrainableModule(model, config)
     tflite = convert(module)
     seconds = time.perf_counter() - start
-    metadata = build_metadata(module, tflite, seconds)
+    metadata = build_metadata(module, tflite)
     atomic_write(path, tflite)
     atomic_write(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
     log.info("exported %s (%.1f KiB) in %.1f s", path, len(tflite) / 1024, seconds)

@@ -21,12 +21,11 @@ from ai_edge_litert.interpreter import Interpreter
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import atomic_write, sha256
+from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
 from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_ctr
 from lcft_tf.features import FeatureSpec
 
 SIGNATURES = ("train", "infer", "save", "restore", "correct")
-CHECKPOINT_FORMAT = "lcft-checkpoint-v1"
 
 
 class OnDeviceModel:
@@ -56,9 +55,9 @@ class OnDeviceModel:
         self.global_ctr = float(correction["global_ctr"])
         table = correction.get("hard_table")
         self.hard_table = HardCorrectionTable.from_json(table) if table else None
-        self.state_specs = {
-            t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"])) for t in self.metadata["signatures"]["save"]["outputs"]
-        }
+        state = self.metadata["signatures"]["save"]["outputs"]
+        self.state_specs = {t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"])) for t in state}
+        self.state_fingerprint = state_fingerprint(state)
 
     @property
     def name(self) -> str:
@@ -152,7 +151,7 @@ class OnDeviceModel:
     # -- checkpoints --------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write :meth:`save`'s tensors as a safetensors file, atomically."""
-        meta = {"format": CHECKPOINT_FORMAT, "model": self.name, "state": self._state_fingerprint()}
+        meta = {"format": CHECKPOINT_FORMAT, "model": self.name, "state": self.state_fingerprint}
         atomic_write(path, safetensors_bytes(self.save(), metadata=meta))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
@@ -169,7 +168,7 @@ class OnDeviceModel:
             raise ValueError(f"{path}: not a readable safetensors checkpoint ({err})") from None
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not an lcft checkpoint (format {meta.get('format')!r})")
-        if meta.get("state") != self._state_fingerprint():
+        if meta.get("state") != self.state_fingerprint:
             raise ValueError(
                 f"{path}: checkpoint of model {meta.get('model')!r} with different state tensors "
                 f"than this {self.name!r} model"
@@ -177,9 +176,6 @@ class OnDeviceModel:
         self.restore(state)
 
     # -- internals ----------------------------------------------------------
-    def _state_fingerprint(self) -> str:
-        return sha256(json.dumps(sorted((k, list(s), d.name) for k, (s, d) in self.state_specs.items())).encode())
-
     def _check_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         missing = [k for k in self.state_specs if k not in state]
         unknown = [k for k in state if k not in self.state_specs]

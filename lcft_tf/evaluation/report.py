@@ -109,14 +109,14 @@ def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathL
         for m, entry in ev["methods"].items():
             if m == "cloud" or cloud is None:
                 continue
-            x = [f"{b['drift'][0]:.2f}-{b['drift'][1]:.2f}" for b in entry["auc_by_drift"]]
+            x = [f"{b['drift'][0]:.2f}-{b['drift'][1]:.2f}\n{b['users']} users" for b in entry["auc_by_drift"]]
             y = [b["auc"] - c["auc"] for b, c in zip(entry["auc_by_drift"], cloud)]
             ax.plot(x, y, marker="o", label=METHOD_LABELS[m])
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("|w_i - w_g| (drift)")
         ax.set_ylabel("user-weighted AUC − Cloud")
         ax.set_title(f"Fig. 2: gain by CTR drift — {label}")
-        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="x", labelsize=8)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -136,7 +136,7 @@ def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathL
         ax.set_ylabel("share of users")
         ax.set_title(f"Fig. 3: AUC vs Cloud per user — {label}")
         ax.tick_params(axis="x", rotation=20)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     paths.append(out_dir / "fig3_user_changes.png")
     fig.savefig(paths[-1], dpi=120)

@@ -1,0 +1,54 @@
+"""tflite_models/ bundle (committed files and a deterministic rebuild) and
+the interpreter benchmark's outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lcft_tf.bundle import BundleConfig, build_bundle, verify_bundle
+from lcft_tf.models import REGISTRY
+
+BUNDLE = Path(__file__).resolve().parents[1] / "tflite_models"
+
+
+def test_committed_bundle_loads_trains_and_restores():
+    index = json.loads((BUNDLE / "index.json").read_text())
+    assert sorted(e["model"] for e in index["models"]) == sorted(REGISTRY)
+    for entry in index["models"]:
+        meta = json.loads((BUNDLE / entry["metadata"]).read_text())
+        assert meta["tflite_sha256"] == entry["sha256"] and meta["tflite_bytes"] == entry["bytes"]
+        assert set(meta["signatures"]) == {"train", "infer", "save", "restore", "correct"}
+        assert meta["correction"]["hard_table"] is not None
+        assert meta["checkpoint"]["tensors"] == [t["name"] for t in meta["signatures"]["save"]["outputs"]]
+    assert sorted(verify_bundle(BUNDLE)) == sorted(REGISTRY)  # sha256, signatures, one step, restore
+
+
+def test_bundle_rebuild_is_deterministic(tmp_path):
+    config = BundleConfig(models=("lr",), num_users=30, hard_users_per_group=2)
+    build_bundle(tmp_path / "a", config)
+    build_bundle(tmp_path / "b", config)
+    for name in ("lr.tflite", "lr.json", "index.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert verify_bundle(tmp_path / "a") == ["lr"]
+
+
+def test_benchmark_cli_writes_table_json_and_chart(tmp_path):
+    cmd = [sys.executable, "-m", "lcft_tf", "benchmark", "--models=lr", "--batch_sizes=4,8", "--threads=1",
+           "--repeats=3", "--warmup=1", f"--json={tmp_path / 'b.json'}", f"--plot={tmp_path / 'b.png'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table_rows = [line for line in done.stdout.splitlines() if line.startswith("| lr |")]
+    assert len(table_rows) == 2
+    rows = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert [(r["model"], r["batch_size"], r["threads"]) for r in rows] == [("lr", 4, 1), ("lr", 8, 1)]
+    for r in rows:
+        for key in ("train", "tf_train", "infer", "tf_infer", "save", "restore"):
+            assert 0 < r[key]["p50_ms"] <= r[key]["p99_ms"] + 1e-9
+        assert r["train_ratio_litert_over_tf"] == pytest.approx(r["train"]["mean_ms"] / r["tf_train"]["mean_ms"])
+        assert r["tflite_kib"] > 0 and r["interpreter_rss_mb"] >= 0
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
