@@ -30,6 +30,7 @@ flags.DEFINE_list("methods", list(("cloud", "local", "soft1", "soft2", "hard")),
 flags.DEFINE_list("seeds", ["0", "1", "2"], "run: cloud-training seeds; the table reports mean ± std over them.")
 flags.DEFINE_integer("num_users", None, "run: synthetic users to generate (default 500).")
 flags.DEFINE_integer("samples_per_user", None, "run: mean synthetic samples per user (default 200).")
+flags.DEFINE_integer("num_items", None, "run: synthetic items (default 300).")
 flags.DEFINE_integer("max_users", None, "run: use a seeded random sample of this many users.")
 flags.DEFINE_string("output_dir", "runs", "run: where runs/<name>/ goes.")
 flags.DEFINE_string("name", None, "run: run name (default: the dataset name).")
@@ -149,6 +150,8 @@ def run_command() -> None:
         synthetic = dataclasses.replace(synthetic, num_users=FLAGS.num_users)
     if FLAGS.samples_per_user:
         synthetic = dataclasses.replace(synthetic, mean_samples_per_user=FLAGS.samples_per_user)
+    if FLAGS.num_items:
+        synthetic = dataclasses.replace(synthetic, num_items=FLAGS.num_items)
     try:
         config = ExperimentConfig(
             dataset=FLAGS.dataset,
