@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, global_split, previous_items
+from lcft_tf.data.dataset import CTRDataset, global_split, previous_items, users_with_enough_samples
 from lcft_tf.data.raw import RawDataError, RowReader, require_files
 from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
 
@@ -126,8 +126,7 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
     _, counts = np.unique(all_users, return_counts=True)
     offsets = np.r_[0, np.cumsum(counts)]
     split = global_split(offsets, all_times, options.cut_timestamp)
-    good = ((split - offsets[:-1]) >= options.min_train) & ((offsets[1:] - split) >= options.min_test)
-    keep = np.repeat(good, counts)
+    keep = np.repeat(users_with_enough_samples(offsets, split, options.min_train, options.min_test), counts)
     all_users, all_items, all_times, labels = all_users[keep], all_items[keep], all_times[keep], labels[keep]
     if len(labels) == 0:
         raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test samples")

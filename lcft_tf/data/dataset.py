@@ -244,6 +244,11 @@ def per_user_split(offsets: np.ndarray, test_fraction: float) -> np.ndarray:
     return offsets[1:] - test
 
 
+def users_with_enough_samples(offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int) -> np.ndarray:
+    """Per-user mask: at least ``min_train`` train and ``min_test`` test samples."""
+    return ((split - offsets[:-1]) >= min_train) & ((offsets[1:] - split) >= min_test)
+
+
 def global_split(offsets: np.ndarray, timestamps: np.ndarray, cut: int) -> np.ndarray:
     """Samples with ``timestamp <= cut`` are train, later ones test."""
     later = np.r_[0, np.cumsum(timestamps > cut, dtype=np.int64)]

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, global_split, per_user_split, previous_items
+from lcft_tf.data.dataset import CTRDataset, global_split, per_user_split, previous_items, users_with_enough_samples
 from lcft_tf.data.raw import RawDataError, RowReader, split_exact, to_float, to_int
 from lcft_tf.features import DenseFeature, FeatureSpec, SequenceFeature, SparseFeature
 
@@ -284,6 +284,4 @@ def _keep_users(users: np.ndarray, timestamps: np.ndarray, mode: str, options: M
     _, user_ids = np.unique(users, return_inverse=True)
     offsets = np.r_[0, np.cumsum(np.bincount(user_ids))]
     split = _split(offsets, timestamps, mode, options)
-    train, test = split - offsets[:-1], offsets[1:] - split
-    good = (train >= options.min_train) & (test >= options.min_test)
-    return good[user_ids]
+    return users_with_enough_samples(offsets, split, options.min_train, options.min_test)[user_ids]

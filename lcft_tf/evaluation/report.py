@@ -76,6 +76,15 @@ def markdown_table(summary: dict[str, dict[str, Any]], methods: Sequence[str]) -
     return "\n".join(lines)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
     """Fig. 1 local-CTR histogram, Fig. 2 AUC gain over Cloud by drift,
     Fig. 3 share of users whose AUC rose / stayed / fell. ``evaluations``:
@@ -98,10 +107,7 @@ def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathL
     ax.set_ylabel("users")
     ax.set_title("Fig. 1: distribution of users' local CTR")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out_dir / "fig1_local_ctr.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / "fig1_local_ctr.png"))
 
     fig, axes = plt.subplots(1, len(evaluations), figsize=(5.5 * len(evaluations), 4), squeeze=False)
     for ax, (label, ev) in zip(axes[0], evaluations.items()):
@@ -119,10 +125,7 @@ def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathL
         ax.tick_params(axis="x", labelsize=8)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(out_dir / "fig2_auc_by_drift.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / "fig2_auc_by_drift.png"))
 
     fig, axes = plt.subplots(1, len(evaluations), figsize=(5.5 * len(evaluations), 4), squeeze=False)
     for ax, (label, ev) in zip(axes[0], evaluations.items()):
@@ -137,8 +140,5 @@ def plot_figures(evaluations: dict[str, dict[str, Any]], out_dir: str | os.PathL
         ax.set_title(f"Fig. 3: AUC vs Cloud per user — {label}")
         ax.tick_params(axis="x", rotation=20)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    paths.append(out_dir / "fig3_user_changes.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir / "fig3_user_changes.png"))
     return paths
