@@ -30,7 +30,7 @@ from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.device.fleet import METHODS, FleetConfig, simulate
-from lcft_tf.evaluation.report import aggregate, evaluate, markdown_table, plot_figures
+from lcft_tf.evaluation.report import aggregate, drift_table, evaluate, markdown_table, plot_figures
 
 log = logging.getLogger(__name__)
 
@@ -159,12 +159,13 @@ def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
     atomic_write(out / "results.json", to_json(results))
     figures = plot_figures({f"{m}, seed {min(r)}": r[min(r)] for m, r in runs.items()}, out)
     table = markdown_table(summary_table, config.methods)
-    atomic_write(out / "report.md", render_report(config, results, table, figures).encode())
+    drift = drift_table(summary_table, config.methods) if "cloud" in config.methods and len(config.methods) > 1 else ""
+    atomic_write(out / "report.md", render_report(config, results, table, drift, figures).encode())
     results["table"] = table
     return results
 
 
-def render_report(config: ExperimentConfig, results: dict[str, Any], table: str, figures: list[Path]) -> str:
+def render_report(config: ExperimentConfig, results: dict[str, Any], table: str, drift: str, figures: list[Path]) -> str:
     lines = [
         f"# LCFT experiment: {config.run_name}",
         "",
@@ -193,5 +194,7 @@ def render_report(config: ExperimentConfig, results: dict[str, Any], table: str,
         f"of {first['users']}.",
         "",
     ]
+    if drift:
+        lines += ["Gain over Cloud by local-CTR drift (mean over seeds; users in the first seed's run):", "", drift, ""]
     lines += [f"![{p.stem}]({p.name})" for p in figures]
     return "\n".join(lines) + "\n"

@@ -58,8 +58,39 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             gains = values - np.array([r["methods"]["cloud"]["auc"] for r in runs])
             entry["gain_vs_cloud_mean"] = float(gains.mean())
             entry["gain_vs_cloud_std"] = float(gains.std(ddof=1)) if len(gains) > 1 else 0.0
+        buckets = [r["methods"][m]["auc_by_drift"] for r in runs]
+        entry["by_drift"] = [
+            {
+                "drift": b[0]["drift"],
+                "users": b[0]["users"],
+                "auc_mean": _nanmean([x["auc"] for x in b]),
+                "gain_vs_cloud_mean": _nanmean(
+                    [x["auc"] - r["methods"]["cloud"]["auc_by_drift"][i]["auc"] for x, r in zip(b, runs)]
+                ) if "cloud" in methods else None,
+            }
+            for i, b in enumerate(zip(*buckets))
+        ]
         out[m] = entry
     return out
+
+
+def _nanmean(values) -> float:
+    values = np.array([np.nan if v is None else v for v in values], dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+
+
+def drift_table(summary: dict[str, dict[str, Any]], methods: Sequence[str]) -> str:
+    """AUC gain over Cloud per local-CTR drift bucket (mean over seeds): where
+    Local hurts and LCFT helps (paper Fig. 2)."""
+    others = [m for m in methods if m != "cloud"]
+    lines = ["| model | drift |w_i - w_g| | users | " + " | ".join(METHOD_LABELS[m] for m in others) + " |",
+             "|" + "---|" * (len(others) + 3)]
+    for (_, model), agg in summary.items():
+        for i, bucket in enumerate(agg[others[0]]["by_drift"]):
+            gains = [agg[m]["by_drift"][i]["gain_vs_cloud_mean"] for m in others]
+            cells = " | ".join("–" if g is None or not np.isfinite(g) else f"{g:+.4f}" for g in gains)
+            lines.append(f"| {model} | {bucket['drift'][0]:.2f}–{bucket['drift'][1]:.2f} | {bucket['users']} | {cells} |")
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict[str, dict[str, Any]], methods: Sequence[str]) -> str:
