@@ -43,6 +43,7 @@ flags.DEFINE_float("cloud_lr", 1.0, "run: cloud SGD learning rate (decayed x0.1 
 flags.DEFINE_integer("cloud_epochs", 2, "run: cloud training epochs.")
 flags.DEFINE_integer("cloud_batch_size", 32, "run: cloud training batch size.")
 flags.DEFINE_integer("hard_users_per_group", 20, "run: users sampled per CTR interval for the hard grid search.")
+flags.DEFINE_list("hard_edges", ["0.2", "0.4", "0.6", "0.8"], "run: local-CTR interval edges of the hard table.")
 
 # benchmark
 flags.DEFINE_list("batch_sizes", ["32"], "benchmark: static batch sizes to export and time.")
@@ -165,7 +166,9 @@ def run_command() -> None:
             seeds=tuple(int(s) for s in FLAGS.seeds),
             cloud=CloudConfig(batch_size=FLAGS.cloud_batch_size, epochs=FLAGS.cloud_epochs, learning_rate=FLAGS.cloud_lr),
             fleet=FleetConfig(learning_rate=FLAGS.device_lr, epochs=FLAGS.device_epochs, workers=FLAGS.workers),
-            hard=HardSearchConfig(users_per_group=FLAGS.hard_users_per_group),
+            hard=HardSearchConfig(
+                users_per_group=FLAGS.hard_users_per_group, edges=tuple(float(e) for e in FLAGS.hard_edges)
+            ),
             export_batch_size=FLAGS.device_batch_size,
             output_dir=FLAGS.output_dir,
             name=FLAGS.name,

@@ -200,3 +200,28 @@ def test_correct_rejects_unknown_method_and_missing_table(exported, spec, tmp_pa
     export_tflite(build_tiny("lr", spec), path, ExportConfig(batch_size=4))
     with pytest.raises(ValueError, match="no hard correction table"):
         OnDeviceModel(path).correct([1, 0], "hard")
+
+
+def test_export_names_the_ops_that_would_need_flex(spec, tmp_path):
+    """A model written with the stock ReLU (whose gradient is ReluGrad) must
+    fail the export with a message naming the op, and write no file."""
+    import keras
+
+    from lcft_tf.cloud.export import FlexOpsError
+    from lcft_tf.models.base import CTRModel
+
+    class StockRelu(CTRModel):
+        model_name = "stock_relu"
+
+        def __init__(self, spec, **kwargs):
+            super().__init__(spec, **kwargs)
+            self.out = keras.layers.Dense(1)
+
+        def logits(self, features):
+            x = tf.concat(self.field_embeddings(features), axis=-1)
+            return tf.reshape(self.out(tf.nn.relu(x)), [-1])
+
+    model = StockRelu(spec, embedding_dim=4).build_from_spec()
+    with pytest.raises(FlexOpsError, match="ReluGrad"):
+        export_tflite(model, tmp_path / "bad.tflite", ExportConfig(batch_size=BATCH))
+    assert not list(tmp_path.iterdir())
