@@ -83,7 +83,7 @@ def drift_table(summary: dict[str, dict[str, Any]], methods: Sequence[str]) -> s
     """AUC gain over Cloud per local-CTR drift bucket (mean over seeds): where
     Local hurts and LCFT helps (paper Fig. 2)."""
     others = [m for m in methods if m != "cloud"]
-    lines = ["| model | drift |w_i - w_g| | users | " + " | ".join(METHOD_LABELS[m] for m in others) + " |",
+    lines = ["| model | drift (abs. w_i − w_g) | users | " + " | ".join(METHOD_LABELS[m] for m in others) + " |",
              "|" + "---|" * (len(others) + 3)]
     for (_, model), agg in summary.items():
         for i, bucket in enumerate(agg[others[0]]["by_drift"]):
