@@ -240,7 +240,8 @@ def simulate(
     start, stop = users or (0, dataset.num_users)
     if not 0 <= start <= stop <= dataset.num_users:
         raise ValueError(f"user range {users} is not inside [0, {dataset.num_users}]")
-    if "hard" in config.methods and not OnDeviceModel(model_path).hard_table:
+    metadata = json.loads(model_path.with_suffix(".json").read_text())
+    if "hard" in config.methods and not metadata["correction"]["hard_table"]:
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
     manifest = {
         "model_sha256": sha256(model_path.read_bytes()),
