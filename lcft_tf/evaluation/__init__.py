@@ -1,0 +1,1 @@
+"""User-weighted AUC, per-user breakdowns, reports and figures."""
