@@ -26,6 +26,7 @@ import numpy as np
 
 from lcft_tf.correction import HardCorrectionTable
 from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.device.fleet import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
@@ -88,10 +89,7 @@ def search_hard_table(
             preds, labels, ids = [], [], []
             for i, (fit, y, val, y_val) in enumerate(users):
                 targets = np.where(y == 1, alpha, beta).astype(np.float32)
-                device.restore(cloud)
-                for _ in range(epochs):
-                    device.train(fit, targets, learning_rate=learning_rate)
-                preds.append(device.infer(val))
+                preds.append(fine_tune_and_predict(device, cloud, fit, targets, val, learning_rate, epochs))
                 labels.append(y_val)
                 ids.append(np.full(len(y_val), i))
                 fine_tunes += 1

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from lcft_tf._io import atomic_write, sha256
+from lcft_tf._io import atomic_write
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.model import OnDeviceModel
 
@@ -109,18 +109,17 @@ def fine_tune_and_predict(
     device: OnDeviceModel,
     cloud_state: dict[str, np.ndarray],
     train_features: dict[str, np.ndarray],
-    train_labels: np.ndarray,
+    train_labels: np.ndarray | None,
     test_features: dict[str, np.ndarray],
-    method: str,
     learning_rate: float,
     epochs: int,
 ) -> np.ndarray:
-    """Test predictions of one user's device after fine-tuning with ``method``."""
+    """Test predictions of one device after restoring the cloud weights and
+    fine-tuning ``epochs`` passes on ``train_labels`` (None: no fine-tuning)."""
     device.restore(cloud_state)
-    if method != "cloud" and len(train_labels) and epochs:
-        labels = device.correct(train_labels, CORRECTION[method])
+    if train_labels is not None and len(train_labels):
         for _ in range(epochs):
-            device.train(train_features, labels, learning_rate=learning_rate)
+            device.train(train_features, train_labels, learning_rate=learning_rate)
     return device.infer(test_features)
 
 
@@ -158,10 +157,11 @@ def _run_chunk(users: tuple[int, int]) -> tuple[int, int, int]:
         records["num_test"].append(len(view.test_labels))
         records["labels"].append(view.test_labels)
         for method in config.methods:
+            labels = None if method == "cloud" else device.correct(view.train_labels, CORRECTION[method])
             predictions[method].append(
                 fine_tune_and_predict(
-                    device, _WORKER["state"], view.train_features, view.train_labels, view.test_features,
-                    method, config.learning_rate, config.epochs,
+                    device, _WORKER["state"], view.train_features, labels, view.test_features,
+                    config.learning_rate, config.epochs,
                 )
             )
             if method != "cloud":
@@ -244,7 +244,7 @@ def simulate(
     if "hard" in config.methods and not metadata["correction"]["hard_table"]:
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
     manifest = {
-        "model_sha256": sha256(model_path.read_bytes()),
+        "model_sha256": metadata["tflite_sha256"],  # workers' OnDeviceModel checks the file against it
         "dataset": dataset.summary(),
         "users": [start, stop],
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers",)},
