@@ -1,9 +1,15 @@
 """Command line: ``python -m lcft_tf [command] [--flags]``.
 
-Commands:
-  run        (default) the experiment: cloud training, device fleet, report
+Commands (the first argument; ``run`` when it is left out):
+  run        the experiment: cloud training, device fleet, report
   benchmark  LiteRT vs TF latency, size, memory (--suite fleet: fleet scale)
   bundle     rebuild tflite_models/ (ready .tflite + .json for mobile apps)
+
+Each command defines only the flags it reads, generated from its config
+dataclasses (:mod:`lcft_tf.cli_flags`), so a flag given to the wrong command
+is an error. ``python -m lcft_tf <command> --helpfull`` lists them. Bad
+input ends in one ``error: ...`` line and exit status 2; Ctrl-C in exit
+status 130 and a line saying how to resume.
 """
 
 from __future__ import annotations
@@ -12,114 +18,202 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 from absl import app, flags
 
+from lcft_tf.cli_flags import FlagGroup
+
 FLAGS = flags.FLAGS
-
-flags.DEFINE_list("models", None, "Registry models, or 'all'. Default: din,wide_deep for run, all for benchmark.")
-
-# run
-flags.DEFINE_string("dataset", "synthetic", "run: synthetic, movielens or amazon.")
-flags.DEFINE_string("data_dir", None, "run: folder with the raw files of a real dataset.")
-flags.DEFINE_bool("skip_bad_rows", False, "run: skip (and count) malformed raw rows instead of failing.")
-flags.DEFINE_string("cache_dir", None, "run: where prepared real datasets are cached (default ~/.cache/lcft_tf).")
-flags.DEFINE_enum("split", "auto", ["auto", "global", "per_user"], "run: MovieLens time split (see lcft_tf.data.movielens).")
-flags.DEFINE_list("methods", list(("cloud", "local", "soft1", "soft2", "hard")), "run: methods to compare.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "run: cloud-training seeds; the table reports mean ± std over them.")
-flags.DEFINE_integer("num_users", None, "run: synthetic users to generate (default 500).")
-flags.DEFINE_integer("samples_per_user", None, "run: mean synthetic samples per user (default 200).")
-flags.DEFINE_integer("num_items", None, "run: synthetic items (default 300).")
-flags.DEFINE_integer("max_users", None, "run: use a seeded random sample of this many users.")
-flags.DEFINE_string("output_dir", "runs", "run: where runs/<name>/ goes.")
-flags.DEFINE_string("name", None, "run: run name (default: the dataset name).")
-flags.DEFINE_bool("resume", False, "run: reuse finished cloud models and fleet chunks of an interrupted run.")
-flags.DEFINE_integer("workers", 0, "run: fleet worker processes (0: one per core).")
-flags.DEFINE_float("device_lr", 0.01, "run: on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).")
-flags.DEFINE_integer("device_epochs", 1, "run: on-device fine-tuning epochs.")
-flags.DEFINE_integer("device_batch_size", 32, "run: static batch of the exported train signature.")
-flags.DEFINE_float("cloud_lr", 1.0, "run: cloud SGD learning rate (decayed x0.1 per epoch).")
-flags.DEFINE_integer("cloud_epochs", 2, "run: cloud training epochs.")
-flags.DEFINE_integer("cloud_batch_size", 32, "run: cloud training batch size.")
-flags.DEFINE_integer("hard_users_per_group", 20, "run: users sampled per CTR interval for the hard grid search.")
-flags.DEFINE_list("hard_edges", ["0.2", "0.4", "0.6", "0.8"], "run: local-CTR interval edges of the hard table.")
-
-# benchmark
-flags.DEFINE_list("batch_sizes", ["32"], "benchmark: static batch sizes to export and time.")
-flags.DEFINE_list("threads", ["1"], "benchmark: interpreter thread counts.")
-flags.DEFINE_integer("warmup", 10, "benchmark: untimed calls before timing.")
-flags.DEFINE_integer("repeats", 100, "benchmark: timed calls per measurement.")
-flags.DEFINE_string("json", None, "benchmark: also write the results as JSON here.")
-flags.DEFINE_string("plot", None, "benchmark: also draw latency vs batch size to this PNG.")
-flags.DEFINE_bool("memory", True, "benchmark: measure interpreter memory in a fresh process.")
-flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
-                  "benchmark: 'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline; "
-                  "--num_users, --samples_per_user, --workers apply).")
-
-# bundle
-flags.DEFINE_string("out", "tflite_models", "bundle: folder to (re)write the ready models into.")
-
 COMMANDS = ("run", "benchmark", "bundle")
+EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
 
-def _models(default: list[str]) -> list[str]:
-    from lcft_tf.models import REGISTRY
+class UsageError(ValueError):
+    """A command-line value that no config accepts."""
 
-    names = FLAGS.models or default
-    if names == ["all"]:
-        return list(REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise app.UsageError(f"unknown models {unknown}; choose from {sorted(REGISTRY)} or 'all'")
+
+# -- the flags of each command, from the configs --------------------------------
+def _run_groups() -> list[FlagGroup]:
+    from lcft_tf.cloud.export import ExportConfig
+    from lcft_tf.cloud.hard import HardSearchConfig
+    from lcft_tf.cloud.train import CloudConfig
+    from lcft_tf.data.synthetic import SyntheticConfig
+    from lcft_tf.device.fleet import FleetConfig
+    from lcft_tf.experiment import ExperimentConfig
+
+    return [
+        FlagGroup(ExperimentConfig, help={
+            "dataset": "synthetic, movielens or amazon.",
+            "data_dir": "folder with the raw files of a real dataset (nothing is downloaded).",
+            "cache_dir": "where prepared real datasets are cached (default ~/.cache/lcft_tf).",
+            "max_users": "use a seeded random sample of this many users.",
+            "models": "registry models, or 'all'.",
+            "methods": "methods to compare (cloud is required: gains are measured against it).",
+            "seeds": "cloud-training seeds; tables report mean ± std over them.",
+            "output_dir": "where runs/<name>/ goes.",
+            "name": "run name (default: the dataset, plus the raw files' folder name).",
+            "resume": "continue the run in runs/<name>/: reuse finished stages whose config hash matches.",
+            "overwrite": "replace the run in runs/<name>/.",
+        }),
+        FlagGroup(SyntheticConfig, prefix="synthetic_",
+                  rename={"num_users": "num_users", "num_items": "num_items", "seed": "data_seed",
+                          "mean_samples_per_user": "samples_per_user"},
+                  help={"num_users": "synthetic users.", "num_items": "synthetic items.",
+                        "mean_samples_per_user": "mean synthetic samples per user.",
+                        "seed": "seed of the synthetic data (and of --max_users' sample)."}),
+        FlagGroup(CloudConfig, prefix="cloud_", rename={"learning_rate": "cloud_lr"}, exclude=("seed",),
+                  help={"learning_rate": "cloud learning rate (decayed by --cloud_decay_per_epoch each epoch)."}),
+        FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers"},
+                  exclude=("methods",),
+                  help={"learning_rate": "on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).",
+                        "workers": "fleet worker processes (0: one per core)."}),
+        FlagGroup(ExportConfig, prefix="device_", exclude=("learning_rate", "global_ctr", "hard_table"),
+                  help={"batch_size": "static batch of the exported train signature.",
+                        "optimizer": "on-device optimizer compiled into the file: sgd or adam."}),
+        FlagGroup(HardSearchConfig, prefix="hard_", exclude=("seed",),
+                  help={"edges": "local-CTR interval edges of the hard table.",
+                        "users_per_group": "users sampled per CTR interval for the hard grid search."}),
+    ]
+
+
+def _data_groups() -> dict[str, FlagGroup]:
+    from lcft_tf.data.amazon import AmazonOptions
+    from lcft_tf.data.movielens import MovieLensOptions
+
+    return {"movielens": FlagGroup(MovieLensOptions), "amazon": FlagGroup(AmazonOptions)}
+
+
+def _define_data_flags() -> dict[str, dict[str, str]]:
+    """One flag per loader option (default None: the loader's own default
+    applies unless the flag is given). Options both loaders share keep their
+    name; the others are prefixed with their dataset. Returns dataset ->
+    field -> flag name."""
+    groups = _data_groups()
+    fields = {d: {f: (kind, default) for f, _, kind, default in g.fields()} for d, g in groups.items()}
+    names: dict[str, dict[str, str]] = {}
+    defined: set[str] = set()
+    for dataset, own in fields.items():
+        names[dataset] = {}
+        for field, (kind, default) in own.items():
+            shared = all(field in other for other in fields.values())
+            name = field if shared else f"{dataset}_{field}"
+            names[dataset][field] = name
+            if name in defined:
+                continue
+            defined.add(name)
+            text = f"{'' if shared else dataset + ' '}loader option {field} (default {default!r})"
+            if isinstance(kind, tuple):
+                flags.DEFINE_list(name, None, text)
+            elif kind is bool:
+                flags.DEFINE_bool(name, None, text)
+            elif kind is int:
+                flags.DEFINE_integer(name, None, text)
+            elif kind is float:
+                flags.DEFINE_float(name, None, text)
+            else:
+                flags.DEFINE_string(name, None, text)
     return names
 
 
-def _ints(values: list[str], flag: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in values)
-    except ValueError:
-        raise app.UsageError(f"--{flag} takes integers, got {values}") from None
-    if any(v < 1 for v in out):
-        raise app.UsageError(f"--{flag} values must be >= 1, got {values}")
-    return out
+def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
+    """The loader options the user gave, for the chosen dataset only."""
+    options = {}
+    for other, fields in names.items():
+        for field, name in fields.items():
+            if not FLAGS[name].present or (other != dataset and name in names.get(dataset, {}).values()):
+                continue
+            if other != dataset:
+                raise UsageError(f"--{name} applies to --dataset {other}, not {dataset}")
+            value = FLAGS[name].value
+            options[field] = tuple(value) if isinstance(value, list) else value
+    return options
 
 
-def fleet_benchmark_command() -> None:
+def _benchmark_groups() -> list[FlagGroup]:
+    from lcft_tf.benchmark import BenchmarkConfig, FleetBenchmarkConfig
+
+    return [
+        FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
+                                         "batch_sizes": "static batch sizes to export and time.",
+                                         "threads": "interpreter thread counts."}),
+        FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
+    ]
+
+
+def _bundle_groups() -> list[FlagGroup]:
+    from lcft_tf.bundle import BundleConfig
+
+    return [FlagGroup(BundleConfig, help={"models": "registry models, or 'all'."})]
+
+
+def define_flags(command: str) -> dict:
+    """Define ``command``'s flags on the global FLAGS; returns what building its configs needs."""
+    flags.DEFINE_bool("tf_logs", False, "show TensorFlow's C++ start-up and runtime log lines.")
+    if command == "run":
+        groups = _run_groups()
+        for g in groups:
+            g.define(FLAGS)
+        return {"groups": groups, "data": _define_data_flags()}
+    if command == "benchmark":
+        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
+                          "'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline).")
+        flags.DEFINE_string("json", None, "also write the results as JSON here.")
+        flags.DEFINE_string("plot", None, "also draw latency vs batch size to this PNG (interpreter suite).")
+        groups = _benchmark_groups()
+        for g in groups:
+            g.define(FLAGS)
+        return {"groups": groups}
+    flags.DEFINE_string("out", "tflite_models", "folder to (re)write the ready models into.")
+    groups = _bundle_groups()
+    for g in groups:
+        g.define(FLAGS)
+    return {"groups": groups}
+
+
+def _all_models(names) -> tuple[str, ...]:
+    from lcft_tf.models import REGISTRY
+
+    return tuple(REGISTRY) if tuple(names) == ("all",) else tuple(names)
+
+
+# -- commands --------------------------------------------------------------------
+def run_command(spec: dict) -> None:
+    from lcft_tf.experiment import run_experiment
+
+    experiment, synthetic, cloud, fleet, export, hard = spec["groups"]
+    config = experiment.build(
+        FLAGS,
+        models=_all_models(FLAGS.models),
+        data_options=_data_options(FLAGS.dataset, spec["data"]),
+        synthetic=synthetic.build(FLAGS),
+        cloud=cloud.build(FLAGS),
+        fleet=fleet.build(FLAGS),
+        export=export.build(FLAGS),
+        hard=hard.build(FLAGS),
+    )
+    spec["resume_hint"] = f"python -m lcft_tf run --resume --name {config.run_name} (with the same flags)"
+    results = run_experiment(config)
+    print(results["table"])
+    print(f"\nwrote {config.output_dir}/{config.run_name}/ (results.json, report.md, figures)")
+
+
+def benchmark_command(spec: dict) -> None:
     import json
     import tempfile
     from pathlib import Path
 
     from lcft_tf._io import atomic_write, to_json
-    from lcft_tf.benchmark import FleetBenchmarkConfig, run_fleet_benchmark
+    from lcft_tf.benchmark import format_table, plot_latency, run_benchmark, run_fleet_benchmark, save_json
 
-    config = FleetBenchmarkConfig(
-        model=_models(["din"])[0],
-        num_users=FLAGS.num_users or 5700,
-        samples_per_user=FLAGS.samples_per_user or 570,
-        workers=FLAGS.workers,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_fleet_benchmark(config, Path(tmp))
-    print(json.dumps(json.loads(to_json(result)), indent=2))
-    if FLAGS.json:
-        atomic_write(FLAGS.json, to_json(result))
-
-
-def benchmark_command() -> None:
-    from lcft_tf.benchmark import BenchmarkConfig, format_table, plot_latency, run_benchmark, save_json
-    from lcft_tf.models import REGISTRY
-
+    interpreter, fleet = spec["groups"]
     if FLAGS.suite == "fleet":
-        return fleet_benchmark_command()
-    config = BenchmarkConfig(
-        models=tuple(_models(list(REGISTRY))),
-        batch_sizes=_ints(FLAGS.batch_sizes, "batch_sizes"),
-        threads=_ints(FLAGS.threads, "threads"),
-        warmup=FLAGS.warmup,
-        repeats=_ints([str(FLAGS.repeats)], "repeats")[0],
-        measure_memory=FLAGS.memory,
-    )
+        config = fleet.build(FLAGS)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_fleet_benchmark(config, Path(tmp))
+        print(json.dumps(json.loads(to_json(result)), indent=2))
+        if FLAGS.json:
+            atomic_write(FLAGS.json, to_json(result))
+        return
+    config = interpreter.build(FLAGS, models=_all_models(FLAGS.models))
     rows = run_benchmark(config)
     print(format_table(rows))
     if FLAGS.json:
@@ -128,95 +222,82 @@ def benchmark_command() -> None:
         plot_latency(rows, FLAGS.plot)
 
 
-def _data_options() -> dict:
-    options: dict = {}
-    if FLAGS.skip_bad_rows:
-        options["skip_bad_rows"] = True
-    if FLAGS.dataset == "movielens" and FLAGS.split != "auto":
-        options["split"] = FLAGS.split
-    return options
+def bundle_command(spec: dict) -> None:
+    from lcft_tf.bundle import build_bundle, verify_bundle
 
-
-def run_command() -> None:
-    import dataclasses
-
-    from lcft_tf.cloud.hard import HardSearchConfig
-    from lcft_tf.cloud.train import CloudConfig
-    from lcft_tf.data.synthetic import SyntheticConfig
-    from lcft_tf.device.fleet import FleetConfig
-    from lcft_tf.experiment import ExperimentConfig, run_experiment
-
-    synthetic = SyntheticConfig()
-    if FLAGS.num_users:
-        synthetic = dataclasses.replace(synthetic, num_users=FLAGS.num_users)
-    if FLAGS.samples_per_user:
-        synthetic = dataclasses.replace(synthetic, mean_samples_per_user=FLAGS.samples_per_user)
-    if FLAGS.num_items:
-        synthetic = dataclasses.replace(synthetic, num_items=FLAGS.num_items)
-    try:
-        config = ExperimentConfig(
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            data_options=_data_options(),
-            cache_dir=FLAGS.cache_dir,
-            synthetic=synthetic,
-            max_users=FLAGS.max_users,
-            models=tuple(_models(["din", "wide_deep"])),
-            methods=tuple(FLAGS.methods),
-            seeds=tuple(int(s) for s in FLAGS.seeds),
-            cloud=CloudConfig(batch_size=FLAGS.cloud_batch_size, epochs=FLAGS.cloud_epochs, learning_rate=FLAGS.cloud_lr),
-            fleet=FleetConfig(learning_rate=FLAGS.device_lr, epochs=FLAGS.device_epochs, workers=FLAGS.workers),
-            hard=HardSearchConfig(
-                users_per_group=FLAGS.hard_users_per_group, edges=tuple(float(e) for e in FLAGS.hard_edges)
-            ),
-            export_batch_size=FLAGS.device_batch_size,
-            output_dir=FLAGS.output_dir,
-            name=FLAGS.name,
-            resume=FLAGS.resume,
-        )
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
-    from lcft_tf.data.raw import RawDataError
-
-    try:
-        results = run_experiment(config)
-    except (FileNotFoundError, RawDataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(results["table"])
-    print(f"\nwrote {config.output_dir}/{config.run_name}/ (results.json, report.md, figures)")
-
-
-def _only_ours_below_warning(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
-
-
-def bundle_command() -> None:
-    from lcft_tf.bundle import BundleConfig, build_bundle, verify_bundle
-    from lcft_tf.models import REGISTRY
-
-    entries = build_bundle(FLAGS.out, BundleConfig(models=tuple(_models(list(REGISTRY)))))
+    (bundle,) = spec["groups"]
+    config = bundle.build(FLAGS, models=_all_models(FLAGS.models))
+    entries = build_bundle(FLAGS.out, config)
     verify_bundle(FLAGS.out)
     for e in entries:
         print(f"{e['tflite']:<20} {e['bytes'] / 1024:8.1f} KiB  sha256 {e['sha256'][:16]}")
     print(f"wrote {FLAGS.out}/ (+ index.json); every model loads, trains a step and restores")
 
 
-def main(argv: list[str]) -> None:
+# -- plumbing --------------------------------------------------------------------
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with its C++ start-up lines (oneDNN, cuInit, ...)
+    silenced; ``--tf_logs`` keeps them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # the device probe logs at first use
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+def _only_ours_below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
+
+
+def _fail(message: str, status: int = EXIT_USAGE) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def main(argv: list[str], command: str, spec: dict) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}; the command ({'/'.join(COMMANDS)}) comes first")
     # Our INFO lines, and only warnings from TF / absl internals (which
     # reset the root level while saving models, so filter at the handler).
     logging.getLogger("lcft_tf").setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_only_ours_below_warning)
-    commands = argv[1:] or ["run"]
-    if len(commands) > 1 or commands[0] not in COMMANDS:
-        raise app.UsageError(f"expected one command from {COMMANDS}, got {commands}")
-    {"benchmark": benchmark_command, "run": run_command, "bundle": bundle_command}[commands[0]]()
+    from lcft_tf.data.raw import RawDataError
+    from lcft_tf.stages import RunInUseError
+
+    try:
+        {"run": run_command, "benchmark": benchmark_command, "bundle": bundle_command}[command](spec)
+    except KeyboardInterrupt:
+        hint = spec.get("resume_hint")
+        _fail(f"interrupted{'; continue with: ' + hint if hint else ''}", EXIT_INTERRUPTED)
+    except (ValueError, FileNotFoundError, RawDataError, RunInUseError) as err:
+        _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
+    except OSError as err:  # unwritable output folder, full disk, ...
+        _fail(f"{err.strerror or err}: {err.filename}" if err.filename else str(err))
 
 
-def run() -> None:
+def split_command(argv: list[str]) -> tuple[str, list[str]]:
+    """The command (first argument, default ``run``) and the rest of argv."""
+    if len(argv) > 1 and not argv[1].startswith("-"):
+        if argv[1] not in COMMANDS:
+            _fail(f"unknown command {argv[1]!r}; choose from {', '.join(COMMANDS)}")
+        return argv[1], [argv[0], *argv[2:]]
+    return "run", list(argv)
+
+
+def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app.run(main)
+    command, argv = split_command(list(sys.argv if argv is None else argv))
+    if not any(a.split("=")[0] == "--tf_logs" and not a.endswith("=false") for a in argv):
+        quiet_tensorflow()  # before the configs' modules import it
+    spec = define_flags(command)
+    app.run(lambda args: main(args, command, spec), argv=argv)
 
 
 if __name__ == "__main__":

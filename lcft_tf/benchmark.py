@@ -37,6 +37,29 @@ class BenchmarkConfig:
     measure_memory: bool = True
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_models(self.models)
+        positive("batch_sizes", *self.batch_sizes)
+        positive("threads", *self.threads)
+        positive("repeats", self.repeats)
+        positive("wrapper_batches", self.wrapper_batches)
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+
+
+def positive(name: str, *values: int) -> None:
+    """``ValueError`` naming the field unless every value is >= 1."""
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{name} must be >= 1, got {list(values)}")
+
+
+def check_models(names) -> None:
+    from lcft_tf.models import REGISTRY
+
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")
+
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:
     """Mean / p50 / p99 in milliseconds."""
@@ -261,6 +284,15 @@ class FleetBenchmarkConfig:
     device_lr: float = 0.01
     workers: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_models((self.model,))
+        positive("num_users", self.num_users)
+        positive("samples_per_user", self.samples_per_user)
+        positive("num_items", self.num_items)
+        positive("cloud_batch_size", self.cloud_batch_size)
+        if self.workers < 0 or self.naive_users < 0 or self.cloud_epochs < 0:
+            raise ValueError("workers, naive_users and cloud_epochs must be >= 0")
 
 
 def naive_fine_tune(model, cloud_weights, view, method: str, global_ctr: float, lr: float, batch_size: int):

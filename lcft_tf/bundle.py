@@ -30,6 +30,14 @@ class BundleConfig:
     learning_rate: float = 0.01
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        from lcft_tf.benchmark import check_models, positive
+
+        check_models(self.models)
+        positive("num_users", self.num_users)
+        positive("batch_size", self.batch_size)
+        positive("hard_users_per_group", self.hard_users_per_group)
+
 
 def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None) -> list[dict[str, Any]]:
     """Write ``<model>.tflite`` + ``<model>.json`` for each model and an

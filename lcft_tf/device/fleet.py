@@ -7,32 +7,41 @@ signature), then predicts its test samples. Cloud = no fine-tuning. Every
 step runs in the LiteRT interpreter through :class:`OnDeviceModel`.
 
 Each worker process loads the model once and ``restore``s the cloud weights
-per user and method (DESIGN.md §2.8). Work is split into chunks of users;
-each finished chunk is written atomically under ``<out>/chunks/``, so an
-interrupted run resumed with ``resume=True`` skips finished chunks and ends
-with the same numbers. The executor is pluggable (serial, local process
-pool; a Ray executor only needs the same ``map_unordered``).
+per user and method (docs/pipeline.md). Work is split into chunks of users;
+each finished chunk is written atomically under ``<out>/chunks/`` as a
+safetensors file (no pickle), and the parent records its user range and
+sha256 in the manifest ``<out>/fleet.json``. A run resumed with
+``resume=True`` reuses only chunks the manifest lists with a matching
+checksum, and only if the manifest's config hash equals this run's; unknown
+or damaged chunk files are recomputed with a warning naming the file. The
+executor is pluggable (serial, local process pool; a Ray executor only needs
+the same ``map_unordered``). Workers exit when their parent dies, so a
+killed run leaves no orphans writing into its folder.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import atomic_write
+from lcft_tf._io import atomic_write, sha256, to_json
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.model import OnDeviceModel
+from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +133,28 @@ def fine_tune_and_predict(
 
 
 _WORKER: dict[str, Any] = {}
+MANIFEST_FORMAT = "lcft-fleet-v2"
+PARENT_POLL_SECONDS = 0.5
 
 
-def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str) -> None:
+def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """Start a daemon thread that ends this worker process as soon as its
+    parent is gone (reparented), so a killed run leaves no orphans."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(poll_seconds)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str, in_child: bool = True) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if in_child:
+        exit_with_parent()
     device = OnDeviceModel(model_path, num_threads=config.interpreter_threads)
     _WORKER.update(
         device=device,
@@ -138,9 +165,13 @@ def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_d
     )
 
 
-def _run_chunk(users: tuple[int, int]) -> tuple[int, int, int]:
-    """Fine-tune users ``[start, stop)``; write their chunk file; return
-    ``(start, users done, device train steps)``."""
+def chunk_name(start: int) -> str:
+    return f"{start:08d}.safetensors"
+
+
+def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
+    """Fine-tune users ``[start, stop)``; write their chunk file; return its
+    manifest entry plus the device train steps taken."""
     device: OnDeviceModel = _WORKER["device"]
     dataset: CTRDataset = _WORKER["dataset"]
     config: FleetConfig = _WORKER["config"]
@@ -174,10 +205,9 @@ def _run_chunk(users: tuple[int, int]) -> tuple[int, int, int]:
         "labels": _concat(records["labels"], np.int8),
         **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
     }
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write(_WORKER["chunk_dir"] / f"{users[0]:08d}.npz", buffer.getvalue())
-    return users[0], users[1] - users[0], steps
+    data = safetensors_bytes(arrays, metadata={"format": MANIFEST_FORMAT, "users": json.dumps(list(users))})
+    atomic_write(_WORKER["chunk_dir"] / chunk_name(users[0]), data)
+    return {"users": list(users), "sha256": sha256(data), "steps": steps}
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -202,15 +232,46 @@ class FleetResults:
         return np.repeat(self.users, self.num_test)
 
 
+class ChunkError(ValueError):
+    """A chunk file that is missing, damaged or not what the manifest says."""
+
+
+def read_chunk(path: Path, expected_sha256: str, users: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The arrays of one chunk file, checked against its manifest entry."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ChunkError(f"{path}: cannot read ({err.strerror})") from None
+    if sha256(data) != expected_sha256:
+        raise ChunkError(f"{path}: checksum differs from the manifest (damaged or replaced)")
+    try:
+        arrays = safetensors_load(data)
+    except (SafetensorError, ValueError) as err:
+        raise ChunkError(f"{path}: not a readable chunk ({err})") from None
+    inside = arrays.get("user")
+    if inside is None or (len(inside) and not (users[0] <= inside.min() and inside.max() < users[1])):
+        raise ChunkError(f"{path}: holds users outside its manifest range {list(users)}")
+    return arrays
+
+
 def load_results(out_dir: str | os.PathLike, methods: Iterable[str]) -> FleetResults:
-    chunks = sorted((Path(out_dir) / "chunks").glob("*.npz"))
-    if not chunks:
-        raise FileNotFoundError(f"no fleet results under {out_dir}")
-    parts = []
-    for path in chunks:
-        with np.load(path, allow_pickle=False) as data:
-            parts.append({k: data[k] for k in data.files})
-    cat = lambda key: np.concatenate([p[key] for p in parts])
+    """The fleet's results from the chunks its manifest lists (checksummed,
+    covering the manifest's user range exactly once)."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / "fleet.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no fleet results under {out_dir} (no fleet.json)")
+    manifest = json.loads(manifest_path.read_text())
+    chunks = sorted(manifest["chunks"].items(), key=lambda kv: kv[1]["users"][0])
+    expected, stop = manifest["users"]
+    for name, entry in chunks:
+        if entry["users"][0] != expected:
+            break
+        expected = entry["users"][1]
+    if expected != stop:
+        raise ChunkError(f"{manifest_path}: chunks do not cover users {manifest['users']} (gap at user {expected})")
+    parts = [read_chunk(out_dir / "chunks" / name, e["sha256"], tuple(e["users"])) for name, e in chunks]
+    cat = lambda key: np.concatenate([p[key] for p in parts]) if parts else np.zeros(0)
     return FleetResults(
         users=cat("user"),
         local_ctr=cat("local_ctr"),
@@ -219,6 +280,33 @@ def load_results(out_dir: str | os.PathLike, methods: Iterable[str]) -> FleetRes
         labels=cat("labels"),
         predictions={m: cat(f"pred.{m}") for m in methods},
     )
+
+
+def fleet_key(model_sha256: str, dataset: dict, users: tuple[int, int], config: FleetConfig) -> dict[str, Any]:
+    """What a fleet's numbers depend on (the worker count does not)."""
+    return {
+        "model_sha256": model_sha256,
+        "dataset": dataset,
+        "users": list(users),
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"},
+    }
+
+
+def _verified_chunks(manifest: dict[str, Any], chunk_dir: Path) -> dict[str, dict]:
+    """Manifest entries whose files are intact; everything else in
+    ``chunk_dir`` is removed with a warning (it will be recomputed)."""
+    good = {}
+    for name, entry in manifest.get("chunks", {}).items():
+        try:
+            read_chunk(chunk_dir / name, entry["sha256"], tuple(entry["users"]))
+            good[name] = entry
+        except ChunkError as err:
+            log.warning("recomputing: %s", err)
+    for path in chunk_dir.iterdir():
+        if path.name not in good and not path.name.startswith("."):
+            log.warning("recomputing: %s is not a verified chunk of this run's manifest; removed", path)
+            path.unlink()
+    return good
 
 
 def simulate(
@@ -243,39 +331,43 @@ def simulate(
     metadata = json.loads(model_path.with_suffix(".json").read_text())
     if "hard" in config.methods and not metadata["correction"]["hard_table"]:
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
-    manifest = {
-        "model_sha256": metadata["tflite_sha256"],  # workers' OnDeviceModel checks the file against it
-        "dataset": dataset.summary(),
-        "users": [start, stop],
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("workers",)},
-    }
+    # The workers' OnDeviceModel checks the file against this sha256.
+    key = fleet_key(metadata["tflite_sha256"], dataset.summary(), (start, stop), config)
     chunk_dir = out_dir / "chunks"
     manifest_path = out_dir / "fleet.json"
+    manifest = {"format": MANIFEST_FORMAT, "hash": config_hash(key), "key": json.loads(to_json(key)),
+                "users": [start, stop], "chunks": {}}
     if resume and manifest_path.exists():
         previous = json.loads(manifest_path.read_text())
-        if previous != json.loads(json.dumps(manifest)):
-            raise ValueError(f"cannot resume {out_dir}: it was started with another model, dataset or config")
+        if previous.get("hash") != manifest["hash"]:
+            changes = changed_fields(previous.get("key", {}), manifest["key"]) or ["manifest format"]
+            raise ConfigChangedError(f"cannot resume the fleet in {out_dir}: {'; '.join(changes[:4])}")
+        chunk_dir.mkdir(parents=True, exist_ok=True)
+        manifest["chunks"] = _verified_chunks(previous, chunk_dir)
     elif chunk_dir.exists():
         shutil.rmtree(chunk_dir)
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(manifest_path, json.dumps(manifest, indent=2).encode())
+    atomic_write(manifest_path, to_json(manifest))
 
-    done = {int(p.stem) for p in chunk_dir.glob("*.npz")}
+    done = {tuple(e["users"]) for e in manifest["chunks"].values()}
     tasks = [
         (a, min(a + config.users_per_chunk, stop))
         for a in range(start, stop, config.users_per_chunk)
-        if a not in done
+        if (a, min(a + config.users_per_chunk, stop)) not in done
     ]
     executor = executor or default_executor(config)
+    in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
     steps = 0
     with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
               disable=None) as bar:
-        for _, count, chunk_steps in executor.map_unordered(
-            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir)), _run_chunk, tasks
+        for entry in executor.map_unordered(
+            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child), _run_chunk, tasks
         ):
-            steps += chunk_steps
-            bar.update(count)
+            steps += entry.pop("steps")
+            manifest["chunks"][chunk_name(entry["users"][0])] = entry
+            atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
+            bar.update(entry["users"][1] - entry["users"][0])
     seconds = time.perf_counter() - began
     results = load_results(out_dir, config.methods)
     simulated = sum(b - a for a, b in tasks)
@@ -286,6 +378,8 @@ def simulate(
         "device_train_steps": steps,
         "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
         "resumed_chunks": len(done),
+        "manifest_hash": manifest["hash"],
     }
-    log.info("fleet: %d users in %.1f s (%s users/s)", simulated, seconds, results.stats["users_per_second"])
+    log.info("fleet: %d users in %.1f s (%s users/s), %d chunks reused", simulated, seconds,
+             f"{results.stats['users_per_second']:.1f}" if results.stats["users_per_second"] else "-", len(done))
     return results

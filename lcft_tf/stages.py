@@ -1,0 +1,211 @@
+"""Runs you can trust: config-hashed stages and an exclusive lock per run folder.
+
+Every stage of a run (dataset, cloud model, hard search, export, fleet) is
+keyed by a hash of its config and of the hashes of the stages it reads
+(docs/pipeline.md). A finished stage writes ``stage.json`` beside its
+outputs, last: its key, hash, the sha256 of each output file and of the
+upstream outputs it consumed. On resume a stage is reused only if all three
+still match:
+
+* a different *config* hash refuses the run with a one-line message that
+  names the changed fields (nothing is written before every stage was
+  checked);
+* damaged or missing outputs, or upstream outputs that changed since, are
+  rebuilt with a warning naming the file.
+
+:class:`RunLock` holds an ``flock`` on ``<run>/.lock`` for the whole run, so
+two runs can never write into one folder; the kernel drops it when the
+holder dies, so a killed run never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lcft_tf._io import atomic_write, to_json
+
+log = logging.getLogger(__name__)
+
+STAGE_FILE = "stage.json"
+
+
+class ConfigChangedError(ValueError):
+    """Resume asked for a run whose recorded stage was built with another config."""
+
+
+class RunInUseError(RuntimeError):
+    """Another process holds the run folder's lock."""
+
+
+def canonical(value: Any) -> Any:
+    """A JSON-ready, order-stable form of configs (dataclasses, tuples, paths)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def config_hash(key: Mapping[str, Any]) -> str:
+    """16 hex digits of sha256 over the canonical JSON of ``key``."""
+    text = json.dumps(canonical(key), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``["cloud.epochs: 2 -> 1", ...]``: the leaves that differ between two keys."""
+    old, new = canonical(old), canonical(new)
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            name = f"{prefix}.{k}" if prefix else k
+            if k not in old:
+                out.append(f"{name}: (absent) -> {json.dumps(new[k], default=str)}")
+            elif k not in new:
+                out.append(f"{name}: {json.dumps(old[k], default=str)} -> (absent)")
+            else:
+                out += changed_fields(old[k], new[k], name)
+        return out
+    if old != new:
+        return [f"{prefix or 'value'}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"]
+    return []
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def digest_files(directory: Path, names: Iterable[str]) -> dict[str, str]:
+    return {name: file_sha256(directory / name) for name in sorted(names)}
+
+
+@dataclasses.dataclass
+class Stage:
+    """One stage of a run: ``directory/stage.json`` records what built it.
+
+    ``key`` is the config (plus upstream stage hashes); ``inputs`` maps an
+    upstream stage name to the digest of the outputs this stage consumes.
+    """
+
+    name: str
+    directory: Path
+    key: dict[str, Any]
+    inputs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.key)
+
+    @property
+    def record_path(self) -> Path:
+        return self.directory / STAGE_FILE
+
+    def record(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.record_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            log.warning("%s: unreadable stage record, the stage will be rebuilt", self.record_path)
+            return None
+
+    def check_config(self) -> None:
+        """Refuse (:class:`ConfigChangedError`) if a record exists with another config."""
+        record = self.record()
+        if record is not None and record.get("hash") != self.hash:
+            changes = changed_fields(record.get("key", {}), self.key) or ["(stage record from another version)"]
+            raise ConfigChangedError(
+                f"cannot resume: stage {self.name} in {self.directory} was built with another config "
+                f"({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''}); "
+                "use another --name, or --overwrite to start the run again"
+            )
+
+    def reusable(self) -> bool:
+        """True if the recorded stage has this config, these inputs and intact outputs."""
+        record = self.record()
+        if record is None:
+            return False
+        if record.get("hash") != self.hash:
+            return False
+        if record.get("inputs") != canonical(self.inputs):
+            log.warning("%s: its inputs changed since it was built; rebuilding", self.directory)
+            return False
+        for name, digest in record.get("outputs", {}).items():
+            path = self.directory / name
+            if not path.is_file() or file_sha256(path) != digest:
+                log.warning("%s: missing or damaged, stage %s will be rebuilt", path, self.name)
+                return False
+        return True
+
+    def outputs(self) -> dict[str, str]:
+        record = self.record() or {}
+        return record.get("outputs", {})
+
+    def info(self) -> dict[str, Any]:
+        return (self.record() or {}).get("info", {})
+
+    def invalidate(self) -> None:
+        self.record_path.unlink(missing_ok=True)
+
+    def commit(self, outputs: Iterable[str], info: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Record the finished stage (after its outputs are on disk)."""
+        digests = digest_files(self.directory, outputs)
+        record = {
+            "stage": self.name,
+            "hash": self.hash,
+            "key": canonical(self.key),
+            "inputs": canonical(self.inputs),
+            "outputs": digests,
+            "info": canonical(dict(info or {})),
+        }
+        atomic_write(self.record_path, to_json(record))
+        return digests
+
+
+class RunLock:
+    """Exclusive, non-blocking lock on a run folder (``flock`` on ``.lock``)."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.path = self.directory / ".lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise RunInUseError(f"{self.directory} is in use by another run (pid {holder}); wait for it "
+                                    "or choose another --name") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
