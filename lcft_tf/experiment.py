@@ -39,7 +39,7 @@ from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.device.fleet import METHODS, FleetConfig, simulate
 from lcft_tf.evaluation.report import aggregate, drift_table, evaluate, markdown_table, plot_figures
-from lcft_tf.stages import ConfigChangedError, RunLock, Stage, changed_fields, config_hash
+from lcft_tf.stages import ConfigChangedError, RunLock, Stage, canonical, changed_fields, config_hash
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
         stages = plan_stages(config, out)
         _check_run_folder(config, out, stages)
         plan = {"format": RUN_FORMAT, "package_version": __version__,
-                "stages": {n: {"hash": s.hash, "key": s.key} for n, s in stages.items()}}
+                "stages": {n: {"hash": s.hash, "key": canonical(s.key)} for n, s in stages.items()}}
         atomic_write(out / "run.json", to_json(plan))
         return _run(config, out, stages, executor)
 

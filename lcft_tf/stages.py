@@ -125,17 +125,6 @@ class Stage:
             log.warning("%s: unreadable stage record, the stage will be rebuilt", self.record_path)
             return None
 
-    def check_config(self) -> None:
-        """Refuse (:class:`ConfigChangedError`) if a record exists with another config."""
-        record = self.record()
-        if record is not None and record.get("hash") != self.hash:
-            changes = changed_fields(record.get("key", {}), self.key) or ["(stage record from another version)"]
-            raise ConfigChangedError(
-                f"cannot resume: stage {self.name} in {self.directory} was built with another config "
-                f"({'; '.join(changes[:4])}{'; …' if len(changes) > 4 else ''}); "
-                "use another --name, or --overwrite to start the run again"
-            )
-
     def reusable(self) -> bool:
         """True if the recorded stage has this config, these inputs and intact outputs."""
         record = self.record()
