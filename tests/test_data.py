@@ -160,7 +160,7 @@ def test_real_dataset_cache_is_reused_only_when_valid(tmp_path, monkeypatch):
 # -- Amazon ------------------------------------------------------------------------
 def test_amazon_rules(tmp_path):
     reviews = write_amazon(tmp_path)
-    data = build_amazon(tmp_path, AmazonOptions(min_train=2, history_length=5))
+    data = build_amazon(tmp_path, AmazonOptions(negatives="one_per_review", min_train=2, history_length=5))
     assert data.global_ctr == pytest.approx(0.5)
     assert data.labels.sum() * 2 == data.num_samples  # one negative per review
     positives = data.labels == 1
