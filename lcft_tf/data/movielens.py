@@ -124,13 +124,21 @@ class MovieLensOptions:
 
 
 def detect_format(data_dir: Path) -> str:
-    for fmt, names in FILES.items():
-        if all(resolve(data_dir, n) for n in names):
+    """csv, dat or 100k: the format whose files are all present; otherwise
+    one error naming every missing file of the closest format."""
+    missing = {fmt: [n for n in names if resolve(data_dir, n) is None] for fmt, names in FILES.items()}
+    for fmt, absent in missing.items():
+        if not absent:
             return fmt
+    closest = min(missing, key=lambda f: len(missing[f]))
+    if len(missing[closest]) < len(FILES[closest]):
+        raise FileNotFoundError(
+            f"movielens: missing {', '.join(missing[closest])} (or .gz) in {data_dir} next to "
+            f"{', '.join(n for n in FILES[closest] if n not in missing[closest])}; expected {WHERE}"
+        )
     present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
     raise FileNotFoundError(
-        f"movielens: no complete set of raw files (each may be .gz) in {data_dir} (found {present[:8]}); "
-        f"expected {WHERE}"
+        f"movielens: no raw files (each may be .gz) in {data_dir} (found {present[:8]}); expected {WHERE}"
     )
 
 
