@@ -441,3 +441,28 @@ def test_bad_input_is_a_file_line_error_or_a_counted_skip(tmp_path, case, fixtur
         np.testing.assert_array_equal(skipped.features[name], clean.features[name])
     for name in clean.lookups:
         np.testing.assert_array_equal(skipped.lookups[name][1], clean.lookups[name][1])
+
+
+def test_draw_negatives_avoids_forbidden_items():
+    from lcft_tf.data.amazon import draw_negatives
+
+    # owner 0 may only get item 10 of 10; owner 1 anything but item 1
+    forbidden = np.sort(np.r_[np.arange(1, 10), 11 + 1])
+    out = draw_negatives(np.random.default_rng(0), np.array([0, 1]), forbidden, 10, np.array([50, 400]))
+    assert set(out[:50].tolist()) == {10}
+    assert set(out[50:].tolist()) == set(range(2, 11))  # 400 uniform draws cover the 9 allowed items
+
+
+def test_tfds_amazon_builder_gives_the_loader_samples(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from lcft_tf.data import tfds_builders
+
+    write_amazon(tmp_path / "raw", num_users=8)
+    builder = tfds_builders.LcftAmazon(config="default", data_dir=str(tmp_path / "tfds"))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "raw")))
+    reference = build_amazon(tmp_path / "raw", tfds_builders.LcftAmazon.BUILDER_CONFIGS[0].options)
+    for split, mask in (("train", reference.train_mask), ("test", ~reference.train_mask)):
+        examples = list(tfds.as_numpy(builder.as_dataset(split=split)))
+        assert len(examples) == mask.sum()
+        assert sum(int(e["label"]) for e in examples) == reference.labels[mask].sum()
+        assert sorted(int(e["item_id"]) for e in examples) == sorted(reference.features["item_id"][mask].tolist())

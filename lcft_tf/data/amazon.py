@@ -161,20 +161,19 @@ def draw_negatives(
     (keys ``owner * (num_items + 1) + item``, sorted). Rejection sampling;
     every owner must have at least one allowed item."""
     rows = np.repeat(np.arange(len(owner)), counts)
-    keys_of = lambda items: owner[rows] * (num_items + 1) + items  # noqa: E731
+    stride = num_items + 1
     items = rng.integers(1, num_items + 1, len(rows))
-    for _ in range(1000):
-        bad = np.flatnonzero(np.isin(keys_of(items), forbidden, assume_unique=False))
+    bad = np.flatnonzero(np.isin(owner[rows] * stride + items, forbidden))
+    for _ in range(200):  # only the rejected draws are redrawn and checked again
         if len(bad) == 0:
             return items.astype(np.int32)
-        redraw = rng.integers(1, num_items + 1, len(bad))
-        items[bad] = redraw
+        items[bad] = rng.integers(1, num_items + 1, len(bad))
+        bad = bad[np.isin(owner[rows[bad]] * stride + items[bad], forbidden)]
     # Owners that forbid nearly every item: draw from their allowed items directly.
-    bad = np.isin(keys_of(items), forbidden)
-    for k in np.flatnonzero(bad):
+    for k in bad:
         o = owner[rows[k]]
-        lo, hi = np.searchsorted(forbidden, [o * (num_items + 1), (o + 1) * (num_items + 1)])
-        allowed = np.setdiff1d(np.arange(1, num_items + 1), forbidden[lo:hi] - o * (num_items + 1))
+        lo, hi = np.searchsorted(forbidden, [o * stride, (o + 1) * stride])
+        allowed = np.setdiff1d(np.arange(1, num_items + 1), forbidden[lo:hi] - o * stride)
         items[k] = rng.choice(allowed)
     return items.astype(np.int32)
 
