@@ -270,7 +270,7 @@ def test_amazon_per_user_negative_ratios(tmp_path):
     reviewed = {}
     for r in reviews:
         reviewed.setdefault(r["reviewerID"], set()).add(r["asin"])
-    for options in (AmazonOptions(min_train=2), AmazonOptions(min_train=2, split="per_user", negative_ratios=(2, 5))):
+    for options in (AmazonOptions(min_train=3), AmazonOptions(min_train=2, split="per_user", negative_ratios=(2, 5))):
         data = build_amazon(tmp_path, options)
         ratios = np.array(data.info["user_negative_ratio"])
         assert data.info["local_ctr_groups"] == "negative_ratio"
@@ -284,6 +284,16 @@ def test_amazon_per_user_negative_ratios(tmp_path):
             # each review is followed by exactly r negatives at its second
             np.testing.assert_array_equal(np.diff(np.r_[starts, b - a]), ratios[u] + 1)
             np.testing.assert_array_equal(times, np.repeat(times[starts], ratios[u] + 1))
+        if options.split == "global":  # kept: >= min_train train and >= min_test test *reviews*, from the raw file
+            counts = {n: (sum(r["unixReviewTime"] <= options.cut_timestamp for r in reviews if r["reviewerID"] == n),
+                          sum(r["unixReviewTime"] > options.cut_timestamp for r in reviews if r["reviewerID"] == n))
+                      for n in sorted(reviewed)}
+            kept = [c for c in counts.values() if c[0] >= 3 and c[1] >= 1]
+            assert 0 < len(kept) < len(counts) and data.num_users == len(kept)
+            train = data.train_mask
+            users = np.repeat(np.arange(data.num_users), np.diff(data.offsets))
+            np.testing.assert_array_equal(np.bincount(users[train & (data.labels == 1)]), [c[0] for c in kept])
+            np.testing.assert_array_equal(np.bincount(users[~train & (data.labels == 1)]), [c[1] for c in kept])
         if options.split == "per_user":  # keeps every user: dataset user u is the u-th raw name
             # negatives are items their user never reviewed, checked against the raw reviews
             asins, names = sorted({r["asin"] for r in reviews}), sorted(reviewed)

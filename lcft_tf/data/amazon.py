@@ -22,7 +22,8 @@ categories the user reviewed at strictly earlier times (most recent first,
 1,385,078,400), test after; ``per_user`` each user's last ``test_fraction``
 (same-second samples stay together, so a review never leaves its
 negatives). A user is kept with at least ``min_train`` train and
-``min_test`` test samples.
+``min_test`` test *reviews* (counting samples would keep users by their
+drawn ratio).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from lcft_tf.data.dataset import (
     global_split,
     per_user_split,
     previous_items,
-    users_with_enough_samples,
 )
 from lcft_tf.data.raw import RawDataError, RowReader, check_int, require_files, resolve
 from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
@@ -70,8 +70,9 @@ class AmazonOptions:
       split: global (cut_timestamp) | per_user (test_fraction).
       cut_timestamp: global split: train is unixReviewTime <= cut.
       test_fraction: per_user split: each user's last fraction is test.
-      min_train: a user is kept with at least this many train samples.
-      min_test: ... and at least this many test samples.
+      min_train: a user is kept with at least this many train reviews
+        (3 reviews = the old 5 samples at one negative per review).
+      min_test: ... and at least this many test reviews.
       history_length: length of pos_hist / pos_hist_cat.
       seed: seed of the ratio draws and the negative sampling.
       skip_bad_rows: skip and count malformed rows instead of stopping.
@@ -83,7 +84,7 @@ class AmazonOptions:
     split: str = "global"
     cut_timestamp: int = PAPER_CUT
     test_fraction: float = 0.2
-    min_train: int = 5
+    min_train: int = 3
     min_test: int = 1
     history_length: int = 20
     seed: int = 0
@@ -244,11 +245,15 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
 
     _, counts = np.unique(all_users, return_counts=True)
     offsets = np.r_[0, np.cumsum(counts)]
-    keep_user = users_with_enough_samples(offsets, split_of(offsets, all_times), options.min_train, options.min_test)
+    # Count reviews (positives), not samples, so whether a user is kept never depends on their ratio r.
+    clicks = np.r_[0, np.cumsum(labels, dtype=np.int64)]
+    split = split_of(offsets, all_times)
+    train_reviews, test_reviews = clicks[split] - clicks[offsets[:-1]], clicks[offsets[1:]] - clicks[split]
+    keep_user = (train_reviews >= options.min_train) & (test_reviews >= options.min_test)
     keep = np.repeat(keep_user, counts)
     all_users, all_items, all_times, labels = all_users[keep], all_items[keep], all_times[keep], labels[keep]
     if len(labels) == 0:
-        raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test samples")
+        raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test reviews")
     kept_users, user_ids, counts = np.unique(all_users, return_inverse=True, return_counts=True)
     offsets = np.r_[0, np.cumsum(counts)]
     split = split_of(offsets, all_times)
