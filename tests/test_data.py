@@ -270,7 +270,7 @@ def test_amazon_per_user_negative_ratios(tmp_path):
     reviewed = {}
     for r in reviews:
         reviewed.setdefault(r["reviewerID"], set()).add(r["asin"])
-    for options in (AmazonOptions(min_train=3), AmazonOptions(min_train=2, split="per_user", negative_ratios=(2, 5))):
+    for options in (AmazonOptions(min_train=5), AmazonOptions(min_train=2, split="per_user", negative_ratios=(2, 5))):
         data = build_amazon(tmp_path, options)
         ratios = np.array(data.info["user_negative_ratio"])
         assert data.info["local_ctr_groups"] == "negative_ratio"
@@ -288,7 +288,7 @@ def test_amazon_per_user_negative_ratios(tmp_path):
             counts = {n: (sum(r["unixReviewTime"] <= options.cut_timestamp for r in reviews if r["reviewerID"] == n),
                           sum(r["unixReviewTime"] > options.cut_timestamp for r in reviews if r["reviewerID"] == n))
                       for n in sorted(reviewed)}
-            kept = [c for c in counts.values() if c[0] >= 3 and c[1] >= 1]
+            kept = [c for c in counts.values() if c[0] >= 5 and c[1] >= 1]
             assert 0 < len(kept) < len(counts) and data.num_users == len(kept)
             train = data.train_mask
             users = np.repeat(np.arange(data.num_users), np.diff(data.offsets))
