@@ -14,7 +14,7 @@ import pytest
 from raw_fixtures import CUT, gzip_files, insert_line, write_amazon, write_movielens
 
 from lcft_tf.data import load_real_dataset
-from lcft_tf.data.amazon import AmazonOptions, build_amazon
+from lcft_tf.data.amazon import AmazonOptions, build_amazon, user_negative_ratios
 from lcft_tf.data.dataset import CTRDataset, per_user_split, previous_items
 from lcft_tf.data.movielens import MovieLensOptions, build_movielens
 from lcft_tf.data.raw import RawDataError
@@ -272,18 +272,22 @@ def test_amazon_per_user_negative_ratios(tmp_path):
         reviewed.setdefault(r["reviewerID"], set()).add(r["asin"])
     for options in (AmazonOptions(min_train=5), AmazonOptions(min_train=2, split="per_user", negative_ratios=(2, 5))):
         data = build_amazon(tmp_path, options)
-        ratios = np.array(data.info["user_negative_ratio"])
         assert data.info["local_ctr_groups"] == "negative_ratio"
         assert data.info["negative_ratios"] == sorted(set(options.negative_ratios))
-        assert set(ratios) <= set(options.negative_ratios) and len(set(ratios)) > 1
-        np.testing.assert_array_equal(data.local_ctrs(), 1 / (1 + ratios))  # exact: reviews never split
+        ratios = np.zeros(data.num_users, np.int64)
         for u in range(data.num_users):
             a, b = data.offsets[u], data.offsets[u + 1]
             labels, times = data.labels[a:b], data.timestamps[a:b]
             starts = np.flatnonzero(labels == 1)
-            # each review is followed by exactly r negatives at its second
+            ratios[u] = starts[1] - starts[0] - 1
+            # each review is followed by the same r negatives at its second
             np.testing.assert_array_equal(np.diff(np.r_[starts, b - a]), ratios[u] + 1)
             np.testing.assert_array_equal(times, np.repeat(times[starts], ratios[u] + 1))
+        assert set(ratios) <= set(options.negative_ratios) and len(set(ratios)) > 1
+        np.testing.assert_array_equal(data.local_ctrs(), 1 / (1 + ratios))  # exact: reviews never split
+        np.testing.assert_array_equal(user_negative_ratios(data), ratios)
+        subset = [3, 0, 7]
+        np.testing.assert_array_equal(user_negative_ratios(data.subset_users(np.array(subset))), ratios[subset])
         if options.split == "global":  # kept: >= min_train train and >= min_test test *reviews*, from the raw file
             counts = {n: (sum(r["unixReviewTime"] <= options.cut_timestamp for r in reviews if r["reviewerID"] == n),
                           sum(r["unixReviewTime"] > options.cut_timestamp for r in reviews if r["reviewerID"] == n))
@@ -363,7 +367,7 @@ def test_real_dataset_takes_option_objects(tmp_path):
     raw, cache = str(tmp_path / "raw"), str(tmp_path / "cache")
     a = load_real_dataset("amazon", raw, cache, AmazonOptions(min_train=2))
     b = load_real_dataset("amazon", raw, cache, AmazonOptions(min_train=2, negative_ratios=(4,)))
-    assert set(b.info["user_negative_ratio"]) == {4} and a.num_samples != b.num_samples  # other key, other cache
+    assert set(user_negative_ratios(b)) == {4} and a.num_samples != b.num_samples  # other key, other cache
     again = load_real_dataset("amazon", raw, cache, min_train=2)  # keywords: the same options
     np.testing.assert_array_equal(again.labels, a.labels)
     assert len(list((tmp_path / "cache" / "amazon").iterdir())) == 2

@@ -254,7 +254,7 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
     all_users, all_items, all_times, labels = all_users[keep], all_items[keep], all_times[keep], labels[keep]
     if len(labels) == 0:
         raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test reviews")
-    kept_users, user_ids, counts = np.unique(all_users, return_inverse=True, return_counts=True)
+    _, user_ids, counts = np.unique(all_users, return_inverse=True, return_counts=True)
     offsets = np.r_[0, np.cumsum(counts)]
     split = split_of(offsets, all_times)
 
@@ -297,7 +297,6 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
             "negative_ratios": sorted({int(r) for r in options.negative_ratios})
             if options.negatives == "per_user_ratio"
             else [1],
-            "user_negative_ratio": user_ratio[kept_users].tolist(),
             "seconds": round(time.perf_counter() - started, 2),
             "paper": PAPER_AMAZON,
         },
@@ -308,3 +307,15 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
                     dataset.global_ctr)
     log.info("amazon: %s; the paper's: %s", dataset.summary(), PAPER_AMAZON)
     return dataset
+
+
+def user_negative_ratios(dataset: CTRDataset) -> np.ndarray:
+    """Each user's negative-sampling ratio ``r``, read back from ``w_i = 1/(1+r)``
+    (exact: a review and its negatives are never split), so it stays right
+    for any subset of users. The report's groups (``info["local_ctr_groups"]``)."""
+    local = dataset.local_ctrs()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.rint(1.0 / local - 1.0)
+    if not np.all(np.isfinite(ratios)) or np.any(np.abs(local - 1.0 / (1.0 + ratios)) > 1e-9):
+        raise ValueError(f"{dataset.name}: some users' w_i is not 1/(1+r); not a per-user-ratio Amazon dataset")
+    return ratios.astype(np.int64)
