@@ -6,6 +6,7 @@ Run as a script to write them to a folder: ``python tests/raw_fixtures.py OUT``.
 
 from __future__ import annotations
 
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def write_movielens(out: Path, fmt: str = "csv", genome: bool = True, seed: int 
                 f"{m},{t},{rng.random():.5f}" for m in movies[:-2] for t in range(1, 5)  # two movies lack a genome
             ]
             (out / "genome-scores.csv").write_text("\n".join(lines) + "\n")
+            (out / "genome-tags.csv").write_text("tagId,tag\n" + "".join(f"{t},tag {t}\n" for t in range(1, 5)))
     elif fmt == "dat":
         (out / "ratings.dat").write_text("".join(f"{u}::{m}::{int(r)}::{t}\n" for u, m, r, t in rows), encoding="latin-1")
         (out / "movies.dat").write_text(
@@ -68,9 +70,18 @@ def write_movielens(out: Path, fmt: str = "csv", genome: bool = True, seed: int 
     return rows
 
 
-def write_amazon(out: Path, num_users: int = 25, num_items: int = 30, per_user: int = 10, seed: int = 0) -> list[dict]:
-    """``reviews_Electronics_5.json`` (JSON lines) and ``meta_Electronics.json``
-    (Python-literal lines, as in the original dump)."""
+def write_amazon(
+    out: Path,
+    num_users: int = 25,
+    num_items: int = 30,
+    per_user: int = 10,
+    seed: int = 0,
+    category: str = "Electronics",
+    meta: bool = True,
+) -> list[dict]:
+    """``reviews_<category>_5.json`` (JSON lines) and ``meta_<category>.json``
+    (Python-literal lines, as in the original dump). Some reviews of a user
+    share a second (as in the real dumps)."""
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     cut = 1_385_078_400
@@ -78,16 +89,31 @@ def write_amazon(out: Path, num_users: int = 25, num_items: int = 30, per_user: 
     for u in range(num_users):
         items = rng.choice(num_items, per_user, replace=False)
         ts = np.sort(cut - 86400 * 200 + rng.integers(0, 300, per_user) * 86400)
+        ts[-2] = ts[-1]  # a same-second pair
         for i, t in zip(items, ts):
             reviews.append({"reviewerID": f"U{u:04d}", "asin": f"B{i:05d}", "overall": float(rng.integers(1, 6)),
                             "unixReviewTime": int(t), "reviewText": "fine, really"})
-    (out / "reviews_Electronics_5.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
-    meta = [
-        repr({"asin": f"B{i:05d}", "title": f"Thing {i}", "categories": [["Electronics", "Gadgets", f"Cat{i % 4}"]]})
-        for i in range(num_items)
-    ]
-    (out / "meta_Electronics.json").write_text("\n".join(meta) + "\n")
+    (out / f"reviews_{category}_5.json").write_text("".join(json.dumps(r) + "\n" for r in reviews))
+    if meta:
+        lines = [
+            repr({"asin": f"B{i:05d}", "title": f"Thing {i}", "categories": [["Electronics", "Gadgets", f"Cat{i % 4}"]]})
+            for i in range(num_items)
+        ]
+        (out / f"meta_{category}.json").write_text("\n".join(lines) + "\n")
     return reviews
+
+
+def gzip_files(folder: Path) -> None:
+    """Replace every file in ``folder`` by ``<name>.gz`` (the loaders read both)."""
+    for path in sorted(folder.iterdir()):
+        (folder / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes(), mtime=0))
+        path.unlink()
+
+
+def insert_line(path: Path, number: int, line: bytes) -> None:
+    """Put raw bytes ``line`` as line ``number`` (1-based) of ``path``."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[: number - 1] + [line + b"\n"] + lines[number - 1 :]))
 
 
 if __name__ == "__main__":

@@ -1,27 +1,33 @@
-"""Datasets: the synthetic drift generator (default) and the per-user view."""
+"""Datasets: the synthetic drift generator (default), real-data loaders and the per-user view."""
+
+from typing import TYPE_CHECKING
 
 from lcft_tf.data.dataset import CTRDataset, UserView
 from lcft_tf.data.synthetic import SyntheticConfig, generate
 
-__all__ = ["CTRDataset", "UserView", "SyntheticConfig", "generate"]
+__all__ = ["CTRDataset", "UserView", "SyntheticConfig", "generate", "load_real_dataset"]
 
+if TYPE_CHECKING:
+    from lcft_tf.data.amazon import AmazonOptions
+    from lcft_tf.data.movielens import MovieLensOptions
 
 
 def load_real_dataset(
     name: str,
     data_dir: str | None,
     cache_dir: str | None = None,
-    **options,
+    options: "MovieLensOptions | AmazonOptions | None" = None,
+    **fields,
 ) -> CTRDataset:
     """MovieLens or Amazon prepared from raw files the user already has.
 
-    The prepared dataset is cached under ``cache_dir`` (default
-    ``$LCFT_CACHE`` or ``~/.cache/lcft_tf``) in a folder named by a hash of
-    the package and loader versions, the options and each raw file's name,
-    size and mtime — so a cache from another version, other options or
-    changed files is never reused. ``options`` go to
-    :class:`~lcft_tf.data.movielens.MovieLensOptions` /
-    :class:`~lcft_tf.data.amazon.AmazonOptions`.
+    ``options`` is a :class:`~lcft_tf.data.movielens.MovieLensOptions` /
+    :class:`~lcft_tf.data.amazon.AmazonOptions` (default: its defaults); or
+    pass its fields as keywords instead. The prepared dataset is cached under
+    ``cache_dir`` (default ``$LCFT_CACHE`` or ``~/.cache/lcft_tf``) in a folder
+    named by a hash of the package and loader versions, every option and each
+    raw file's name, size and mtime — so a cache from another version, other
+    options or changed files is never reused (docs/data.md).
     """
     import dataclasses
     import json
@@ -32,22 +38,23 @@ def load_real_dataset(
     from lcft_tf.data import amazon, movielens
     from lcft_tf.data.raw import cache_dir_for, fingerprint
 
-    if name not in ("movielens", "amazon"):
+    kinds = {"movielens": movielens.MovieLensOptions, "amazon": amazon.AmazonOptions}
+    if name not in kinds:
         raise ValueError(f"unknown dataset {name!r}; choose from ['synthetic', 'movielens', 'amazon']")
+    if options is None:
+        options = kinds[name](**fields)
+    elif fields or not isinstance(options, kinds[name]):
+        raise ValueError(f"{name}: pass one {kinds[name].__name__} (or its fields as keywords), got {options!r:.80}")
     if not data_dir:
-        where = movielens.WHERE if name == "movielens" else ", ".join(amazon.FILES)
+        where = movielens.WHERE if name == "movielens" else amazon.WHERE
         raise FileNotFoundError(f"{name}: pass --data_dir, the folder holding the raw files ({where})")
     directory = Path(data_dir)
+    opts = options
     if name == "movielens":
-        opts = movielens.MovieLensOptions(**options)
         files = movielens.raw_files(directory, movielens.detect_format(directory), opts.use_genome)
         build, version = (lambda: movielens.build_movielens(directory, opts)), movielens.LOADER_VERSION
     else:
-        opts = amazon.AmazonOptions(**options)
-        files = [directory / f for f in amazon.FILES]
-        for f in files:
-            if not f.is_file():
-                raise FileNotFoundError(f"amazon: missing {f.name} in {directory} — put the raw files there")
+        files = [f for f in amazon.raw_files(directory, opts.category) if f is not None]
         build, version = (lambda: amazon.build_amazon(directory, opts)), amazon.LOADER_VERSION
     print_ = fingerprint(files, dataclasses.asdict(opts), version)
     root = cache_dir or os.environ.get("LCFT_CACHE") or Path.home() / ".cache" / "lcft_tf"

@@ -222,9 +222,7 @@ def previous_items(
     users = user_index(offsets)
     chosen = items[selected].astype(np.int32)
     before = np.r_[0, np.cumsum(selected, dtype=np.int64)]  # selected among samples [0, k)
-    is_first = np.ones(n, bool)
-    is_first[1:] = (users[1:] != users[:-1]) | (timestamps[1:] != timestamps[:-1])
-    group_start = np.maximum.accumulate(np.where(is_first, np.arange(n), 0))
+    group_start = same_second_groups(offsets, timestamps)[0]
     end = before[group_start]  # selected strictly before this timestamp (global count)
     start = before[offsets[:-1]][users]  # selected before the user's first sample
     idx = end[:, None] - 1 - np.arange(length)[None, :]
@@ -234,14 +232,42 @@ def previous_items(
     return np.where(valid, chosen[np.clip(idx, 0, None)], padding_id).astype(np.int32)
 
 
-def per_user_split(offsets: np.ndarray, test_fraction: float) -> np.ndarray:
+def per_user_split(offsets: np.ndarray, test_fraction: float, timestamps: np.ndarray | None = None) -> np.ndarray:
     """Each user's last ``test_fraction`` of samples (rounded, at least one
-    when the user has two or more) is test; the rest is train."""
+    when the user has two or more) is test; the rest is train.
+
+    With ``timestamps`` (sorted by user, then time) samples of the same
+    second stay on one side: a cut inside a same-second group moves to the
+    group's start (the whole group is test); if that would leave the user no
+    train sample it moves to the group's end instead (the group is train);
+    a user whose samples all share one second is all train (docs/data.md)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     sizes = np.diff(offsets)
     test = np.where(sizes >= 2, np.clip(np.round(sizes * test_fraction), 1, sizes - 1), 0).astype(np.int64)
-    return offsets[1:] - test
+    split = offsets[1:] - test
+    if timestamps is None or len(timestamps) == 0:
+        return split
+    start, end = same_second_groups(offsets, timestamps)
+    starts, ends = offsets[:-1], offsets[1:]
+    inside = (split > starts) & (split < ends)
+    at = np.minimum(split, len(timestamps) - 1)
+    group_start, group_end = start[at], end[at]
+    moved = np.where(group_start > starts, group_start, group_end)
+    return np.where(inside & (group_start < split), moved, split)
+
+
+def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every sample, the start and end (exclusive) of its run of samples
+    with the same user and timestamp."""
+    n = len(timestamps)
+    users = user_index(offsets)
+    first = np.ones(n, bool)
+    first[1:] = (users[1:] != users[:-1]) | (timestamps[1:] != timestamps[:-1])
+    start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+    bounds = np.r_[np.flatnonzero(first), n]
+    end = bounds[np.cumsum(first)]
+    return start, end
 
 
 def users_with_enough_samples(offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int) -> np.ndarray:

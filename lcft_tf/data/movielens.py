@@ -17,11 +17,16 @@ candidate's tag-genome vector) when genome files are present.
 
 Split: ``global`` — train ``timestamp <= cut`` (default the paper's
 1,225,642,324), test after; ``per_user`` — each user's last ``test_fraction``
-of ratings by time is test. ``auto`` (default) is ``global`` for data with a
+of ratings by time is test, ratings of the same second never split
+(:func:`~lcft_tf.data.dataset.per_user_split`). ``auto`` (default) is ``global`` for data with a
 genome (ml-20m / ml-25m, the paper's setting) and ``per_user`` otherwise
 (ml-100k, ml-1m, ml-latest-small, where a global cut leaves few users with
 data on both sides). A user is kept when they have at least ``min_train``
 train and ``min_test`` test samples.
+
+Every file may be gzipped (``ratings.csv.gz``). csv files must start with
+their header; ids and timestamps are integer literals; genome tag ids are
+bounded by ``genome-tags.csv`` (or ``MAX_GENOME_TAGS``); docs/data.md.
 """
 
 from __future__ import annotations
@@ -36,14 +41,26 @@ from typing import Any
 import numpy as np
 
 from lcft_tf.data.dataset import CTRDataset, global_split, per_user_split, previous_items, users_with_enough_samples
-from lcft_tf.data.raw import RawDataError, RowReader, split_exact, to_float, to_int
+from lcft_tf.data.raw import (
+    MAX_INT,
+    RawDataError,
+    RowReader,
+    check_header,
+    check_int,
+    loadtxt,
+    read_header,
+    resolve,
+    split_exact,
+    to_float,
+    to_int,
+)
 from lcft_tf.features import DenseFeature, FeatureSpec, SequenceFeature, SparseFeature
 
 log = logging.getLogger(__name__)
 
 PAPER_CUT = 1_225_642_324
 PAPER_ML20M = {"users": 5677, "samples": 3_229_373, "global_ctr": 0.51}
-LOADER_VERSION = 1
+LOADER_VERSION = 2
 GENRES_100K = (
     "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy Film-Noir Horror "
     "Musical Mystery Romance Sci-Fi Thriller War Western"
@@ -59,9 +76,34 @@ WHERE = (
 )
 
 
+HEADERS = {
+    "ratings.csv": ("userId", "movieId", "rating", "timestamp"),
+    "movies.csv": ("movieId", "title", "genres"),
+    "genome-scores.csv": ("movieId", "tagId", "relevance"),
+    "genome-tags.csv": ("tagId", "tag"),
+}
+MAX_GENOME_TAGS = 10_000  # tag ids bound without genome-tags.csv (ml-20m / ml-25m have 1,128)
+
+
 @dataclasses.dataclass(frozen=True)
 class MovieLensOptions:
-    split: str = "auto"  # auto | global | per_user
+    """How MovieLens raw files become a dataset (rules: docs/data.md).
+
+    Fields:
+      split: auto | global | per_user. auto is global with a genome (ml-20m,
+        ml-25m, the paper's setting), per_user otherwise.
+      cut_timestamp: global split: train is timestamp <= cut (default the
+        paper's 1,225,642,324).
+      test_fraction: per_user split: each user's last fraction of ratings is
+        test (same-second ratings stay together).
+      min_train: a user is kept with at least this many train samples.
+      min_test: ... and at least this many test samples.
+      history_length: length of pos_hist / neg_hist.
+      use_genome: add the tag-genome feature when genome-scores.csv is there.
+      skip_bad_rows: skip and count malformed rows instead of stopping.
+    """
+
+    split: str = "auto"
     cut_timestamp: int = PAPER_CUT
     test_fraction: float = 0.2
     min_train: int = 5
@@ -73,25 +115,39 @@ class MovieLensOptions:
     def __post_init__(self) -> None:
         if self.split not in ("auto", "global", "per_user"):
             raise ValueError(f"split must be auto, global or per_user, got {self.split!r}")
-        if self.min_train < 1 or self.min_test < 1 or self.history_length < 1:
-            raise ValueError("min_train, min_test and history_length must be >= 1")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        check_int(self.cut_timestamp, "cut_timestamp")
+        for name in ("min_train", "min_test", "history_length"):
+            if check_int(getattr(self, name), name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def detect_format(data_dir: Path) -> str:
-    for fmt, names in FILES.items():
-        if all((data_dir / n).is_file() for n in names):
+    """csv, dat or 100k: the format whose files are all present; otherwise
+    one error naming every missing file of the closest format."""
+    missing = {fmt: [n for n in names if resolve(data_dir, n) is None] for fmt, names in FILES.items()}
+    for fmt, absent in missing.items():
+        if not absent:
             return fmt
+    closest = min(missing, key=lambda f: len(missing[f]))
+    if len(missing[closest]) < len(FILES[closest]):
+        raise FileNotFoundError(
+            f"movielens: missing {', '.join(missing[closest])} (or .gz) in {data_dir} next to "
+            f"{', '.join(n for n in FILES[closest] if n not in missing[closest])}; expected {WHERE}"
+        )
     present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
     raise FileNotFoundError(
-        f"movielens: no complete set of raw files in {data_dir} (found {present[:8]}); expected {WHERE}"
+        f"movielens: no raw files (each may be .gz) in {data_dir} (found {present[:8]}); expected {WHERE}"
     )
 
 
 def raw_files(data_dir: Path, fmt: str, use_genome: bool) -> list[Path]:
-    files = [data_dir / n for n in FILES[fmt]]
-    if fmt == "csv" and use_genome and (data_dir / "genome-scores.csv").is_file():
-        files.append(data_dir / "genome-scores.csv")
-    return files
+    """The files a build reads (the cache fingerprint covers exactly these)."""
+    files = [resolve(data_dir, n) for n in FILES[fmt]]
+    if fmt == "csv" and use_genome:
+        files += [resolve(data_dir, n) for n in ("genome-scores.csv", "genome-tags.csv")]
+    return [f for f in files if f is not None]
 
 
 # -- parsing -------------------------------------------------------------------
@@ -101,32 +157,34 @@ def _rating_row(sep: str):
         rating = to_float(rating, "rating")
         if not 0.5 <= rating <= 5.0:
             raise ValueError(f"rating {rating} outside [0.5, 5]")
-        user, item, ts = to_int(user, "user id"), to_int(item, "movie id"), to_int(ts, "timestamp")
-        if user < 1 or item < 1 or ts < 0:
-            raise ValueError("ids must be >= 1 and timestamps >= 0")
-        return user, item, rating, ts
+        return to_int(user, "user id", 1), to_int(item, "movie id", 1), rating, to_int(ts, "timestamp")
 
     return parse
 
 
+RATING_DTYPE = [("user", "i8"), ("item", "i8"), ("rating", "f8"), ("timestamp", "i8")]
+
+
 def read_ratings(path: Path, fmt: str, reader: RowReader) -> np.ndarray:
-    """``[n, 4]`` float64: user, movie, rating, timestamp."""
+    """Structured array of user, item, rating, timestamp (``RATING_DTYPE``)."""
     sep = {"csv": ",", "dat": "::", "100k": "\t"}[fmt]
-    encoding = "latin-1" if fmt != "csv" else "utf-8"
-    if fmt == "csv" and not reader.skip_bad_rows:
-        try:  # C parser for the 20M-row files; any problem -> the row loop says where
-            data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-            if data.shape[1] == 4 and _valid_ratings(data).all():
+    header = HEADERS["ratings.csv"] if fmt == "csv" else None
+    if header:
+        check_header(path, read_header(path), header, sep)
+        if not reader.skip_bad_rows:  # C parser for the 20M-row files; any problem -> the row loop says where
+            data = loadtxt(path, RATING_DTYPE)
+            if data is not None and _valid_ratings(data).all():
                 return data
-        except ValueError:
-            pass
-    rows = list(reader.rows(path, _rating_row(sep), encoding=encoding, header=fmt == "csv"))
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+    encoding = "latin-1" if fmt != "csv" else "utf-8"
+    rows = list(reader.rows(path, _rating_row(sep), encoding=encoding, header=header, sep=sep))
+    return np.array(rows, dtype=RATING_DTYPE)
 
 
 def _valid_ratings(data: np.ndarray) -> np.ndarray:
-    integral = np.all(data[:, [0, 1, 3]] == np.round(data[:, [0, 1, 3]]), axis=1)
-    return integral & (data[:, 0] >= 1) & (data[:, 1] >= 1) & (data[:, 3] >= 0) & (data[:, 2] >= 0.5) & (data[:, 2] <= 5)
+    """The row rules of ``_rating_row``, vectorised for the fast path."""
+    ids = (data["user"] >= 1) & (data["user"] <= MAX_INT) & (data["item"] >= 1) & (data["item"] <= MAX_INT)
+    times = (data["timestamp"] >= 0) & (data["timestamp"] <= MAX_INT)
+    return ids & times & (data["rating"] >= 0.5) & (data["rating"] <= 5)
 
 
 def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
@@ -137,43 +195,54 @@ def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
             fields = next(csv.reader([line]))
             if len(fields) != 3:
                 raise ValueError(f"expected 3 columns (movieId,title,genres), got {len(fields)}")
-            return to_int(fields[0], "movie id"), fields[2].split("|")[0]
+            return to_int(fields[0], "movie id", 1), fields[2].split("|")[0]
 
-        return dict(reader.rows(path, parse, header=True))
+        return dict(reader.rows(path, parse, header=HEADERS["movies.csv"]))
     if fmt == "dat":
 
         def parse(line):
             movie, _, genres = split_exact(line, "::", 3)
-            return to_int(movie, "movie id"), genres.split("|")[0]
+            return to_int(movie, "movie id", 1), genres.split("|")[0]
 
         return dict(reader.rows(path, parse, encoding="latin-1"))
 
     def parse(line):
         fields = split_exact(line, "|", 24)
-        flags = [to_int(v, "genre flag") for v in fields[5:]]
-        return to_int(fields[0], "movie id"), next((g for g, f in zip(GENRES_100K, flags) if f), "unknown")
+        flags = [to_int(v, "genre flag", 0, 1) for v in fields[5:]]
+        return to_int(fields[0], "movie id", 1), next((g for g, f in zip(GENRES_100K, flags) if f), "unknown")
 
     return dict(reader.rows(path, parse, encoding="latin-1"))
 
 
-def read_genome(path: Path, reader: RowReader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Movie ids, tag ids, relevances of ``genome-scores.csv``."""
-    data = None
-    if not reader.skip_bad_rows:
-        try:
-            data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-            if data.shape[1] != 3:
-                data = None
-        except ValueError:
+def read_tag_count(path: Path | None, reader: RowReader) -> int:
+    """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without it."""
+    if path is None:
+        return MAX_GENOME_TAGS
+
+    def parse(line):
+        return to_int(next(csv.reader([line]))[0], "tag id", 1, MAX_GENOME_TAGS)
+
+    return max(reader.rows(path, parse, header=HEADERS["genome-tags.csv"]), default=0)
+
+
+def read_genome(path: Path, reader: RowReader, max_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Movie ids, tag ids (1 .. ``max_tag``), relevances of ``genome-scores.csv``."""
+    header = HEADERS["genome-scores.csv"]
+    check_header(path, read_header(path), header, ",")
+    dtype = [("movie", "i8"), ("tag", "i8"), ("relevance", "f8")]
+    data = None if reader.skip_bad_rows else loadtxt(path, dtype)
+    if data is not None:
+        ok = (data["movie"] >= 1) & (data["movie"] <= MAX_INT) & (data["tag"] >= 1) & (data["tag"] <= max_tag)
+        if not (ok & np.isfinite(data["relevance"]) & (np.abs(data["relevance"]) <= np.finfo(np.float32).max)).all():
             data = None
     if data is None:
 
         def parse(line):
             movie, tag, relevance = split_exact(line, ",", 3)
-            return to_int(movie, "movie id"), to_int(tag, "tag id"), to_float(relevance, "relevance")
+            return (to_int(movie, "movie id", 1), to_int(tag, "tag id", 1, max_tag), to_float(relevance, "relevance"))
 
-        data = np.asarray(list(reader.rows(path, parse, header=True)), dtype=np.float64).reshape(-1, 3)
-    return data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2].astype(np.float32)
+        data = np.array(list(reader.rows(path, parse, header=header)), dtype=dtype)
+    return data["movie"], data["tag"], data["relevance"].astype(np.float32)
 
 
 # -- building ------------------------------------------------------------------
@@ -186,17 +255,18 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
         raise FileNotFoundError(f"movielens: {data_dir} is not a folder — put the raw files there ({WHERE})")
     fmt = detect_format(data_dir)
     reader = RowReader(options.skip_bad_rows)
-    ratings = read_ratings(data_dir / FILES[fmt][0], fmt, reader)
+    ratings_path, movies_path = (resolve(data_dir, n) for n in FILES[fmt])
+    ratings = read_ratings(ratings_path, fmt, reader)
     if len(ratings) == 0:
-        raise RawDataError(f"{data_dir / FILES[fmt][0]}: no ratings")
-    genres = read_genres(data_dir / FILES[fmt][1], fmt, reader)
-    genome_path = data_dir / "genome-scores.csv"
-    has_genome = fmt == "csv" and options.use_genome and genome_path.is_file()
+        raise RawDataError(f"{ratings_path}: no ratings")
+    genres = read_genres(movies_path, fmt, reader)
+    genome_path = resolve(data_dir, "genome-scores.csv")
+    has_genome = fmt == "csv" and options.use_genome and genome_path is not None
 
-    users_raw = ratings[:, 0].astype(np.int64)
-    items_raw = ratings[:, 1].astype(np.int64)
-    timestamps = ratings[:, 3].astype(np.int64)
-    labels = (ratings[:, 2] >= 4.0).astype(np.int8)
+    users_raw = ratings["user"]
+    items_raw = ratings["item"]
+    timestamps = ratings["timestamp"]
+    labels = (ratings["rating"] >= 4.0).astype(np.int8)
     order = np.lexsort((items_raw, timestamps, users_raw))
     users_raw, items_raw, timestamps, labels = users_raw[order], items_raw[order], timestamps[order], labels[order]
 
@@ -236,7 +306,8 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
     lookups = {}
     genome_info = None
     if has_genome:
-        g_movies, g_tags, g_relevance = read_genome(genome_path, reader)
+        max_tag = read_tag_count(resolve(data_dir, "genome-tags.csv"), reader)
+        g_movies, g_tags, g_relevance = read_genome(genome_path, reader, max_tag)
         num_tags = int(g_tags.max()) if len(g_tags) else 0
         table = np.zeros((len(movie_ids) + 1, num_tags), np.float32)
         pos = np.searchsorted(movie_ids, g_movies)
@@ -276,7 +347,7 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
 def _split(offsets: np.ndarray, timestamps: np.ndarray, mode: str, options: MovieLensOptions) -> np.ndarray:
     if mode == "global":
         return global_split(offsets, timestamps, options.cut_timestamp)
-    return per_user_split(offsets, options.test_fraction)
+    return per_user_split(offsets, options.test_fraction, timestamps)
 
 
 def _keep_users(users: np.ndarray, timestamps: np.ndarray, mode: str, options: MovieLensOptions) -> np.ndarray:

@@ -1,25 +1,58 @@
 """Reading user-supplied raw files: row errors that name file and line,
-optional skipping (counted), and the cache fingerprint of the inputs."""
+optional skipping (counted), transparent gzip, one rule for integer fields,
+and the cache fingerprint of the inputs (rules: docs/data.md)."""
 
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
+import io
 import json
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 
 class RawDataError(ValueError):
     """A raw file is missing, of the wrong format, or has a malformed row."""
 
 
+# Every parsed integer (ids, timestamps) lies in [0, MAX_INT]: it stays exact
+# in float64 and fits int64 (a 2**70 timestamp used to overflow numpy).
+MAX_INT = 2**53
+_INTEGER = re.compile(r"\s*[+-]?[0-9]+\s*")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Row errors: ValueError covers UnicodeDecodeError (invalid UTF-8);
+# RecursionError comes from a pathologically nested JSON / literal line.
+ROW_ERRORS = (ValueError, IndexError, KeyError, TypeError, SyntaxError, RecursionError, OverflowError, MemoryError)
+
+
+def resolve(directory: Path, name: str) -> Path | None:
+    """``directory/name`` or its gzipped ``name.gz``, whichever exists."""
+    for candidate in (directory / name, directory / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The file's bytes, gunzipped when it starts with the gzip magic."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
 @dataclasses.dataclass
 class RowReader:
-    """Parses rows with ``parse`` (which raises ``ValueError`` on a bad row);
-    bad rows raise :class:`RawDataError` with ``file:line`` or, with
-    ``skip_bad_rows``, are skipped and counted in ``skipped``."""
+    """Parses rows with ``parse`` (which raises on a bad row); bad rows raise
+    :class:`RawDataError` with ``file:line`` or, with ``skip_bad_rows``, are
+    skipped and counted in ``skipped``. Lines are decoded one by one so an
+    invalid byte is a bad row like any other."""
 
     skip_bad_rows: bool = False
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -29,20 +62,49 @@ class RowReader:
         path: Path,
         parse: Callable[[str], Any],
         encoding: str = "utf-8",
-        header: bool = False,
+        header: tuple[str, ...] | None = None,
+        sep: str = ",",
     ) -> Iterator[Any]:
-        with open(path, encoding=encoding, newline="") as f:
-            for number, line in enumerate(f, start=1):
-                if (header and number == 1) or not line.strip():
+        with open_binary(path) as f:
+            for number, raw in enumerate(f, start=1):
+                if number == 1 and header is not None:
+                    check_header(path, raw, header, sep, encoding)
                     continue
                 try:
-                    yield parse(line.rstrip("\r\n"))
-                except (ValueError, IndexError, KeyError, SyntaxError) as err:
-                    if not self.skip_bad_rows:
-                        raise RawDataError(
-                            f"{path}:{number}: {err} (pass --skip_bad_rows to skip and count such rows)"
-                        ) from None
-                    self.skipped[path.name] = self.skipped.get(path.name, 0) + 1
+                    line = raw.decode(encoding)
+                    if not line.strip():
+                        continue
+                    value = parse(line.rstrip("\r\n"))
+                except ROW_ERRORS as err:
+                    self.bad_row(path, number, describe(err))
+                    continue
+                yield value
+
+    def bad_row(self, path: Path, number: int, message: str) -> None:
+        if not self.skip_bad_rows:
+            raise RawDataError(f"{path}:{number}: {message} (pass --skip_bad_rows to skip and count such rows)")
+        self.skipped[path.name] = self.skipped.get(path.name, 0) + 1
+
+
+def describe(err: BaseException) -> str:
+    if isinstance(err, RecursionError):
+        return "nested too deeply to parse"
+    if isinstance(err, UnicodeDecodeError):
+        return f"invalid {err.encoding} byte {err.object[err.start:err.start + 1]!r} at column {err.start + 1}"
+    return str(err) or type(err).__name__
+
+
+def check_header(path: Path, raw: bytes, expected: tuple[str, ...], sep: str, encoding: str = "utf-8") -> None:
+    """A csv must start with its header, matched by column names: a file
+    without one would otherwise silently lose its first data row."""
+    got = raw.decode(encoding, errors="replace").strip().lstrip("\ufeff")
+    if [c.strip() for c in got.split(sep)] != list(expected):
+        raise RawDataError(f"{path}:1: expected the header {sep.join(expected)!r}, got {got[:80]!r}")
+
+
+def read_header(path: Path) -> bytes:
+    with open_binary(path) as f:
+        return f.readline()
 
 
 def split_exact(line: str, sep: str, count: int) -> list[str]:
@@ -52,29 +114,54 @@ def split_exact(line: str, sep: str, count: int) -> list[str]:
     return parts
 
 
-def to_int(text: str, what: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{what} is not an integer: {text!r}") from None
+def to_int(text: str, what: str, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """The one integer rule: an integer literal (``3``, not ``3.0`` or
+    ``1e20``) in ``[minimum, maximum]``."""
+    if not _INTEGER.fullmatch(text):
+        raise ValueError(f"{what} is not an integer literal: {text[:40]!r}")
+    return check_int(int(text), what, minimum, maximum)
 
 
-def to_float(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{what} is not a number: {text!r}") from None
-    if value != value:
-        raise ValueError(f"{what} is NaN")
+def check_int(value: Any, what: str, minimum: int = 0, maximum: int = MAX_INT) -> int:
+    """The same rule for values already parsed (JSON): an ``int``, not a float
+    or bool, in ``[minimum, maximum]``."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r:.40}")
+    if not minimum <= value <= maximum:
+        raise ValueError(f"{what} {value} outside [{minimum}, {maximum}]")
     return value
 
 
-def require_files(directory: Path, names: Iterable[str], dataset: str, where: str) -> None:
-    missing = [n for n in names if not (directory / n).is_file()]
+def to_float(text: str, what: str) -> float:
+    """A finite number that also fits float32 (``1e39`` would become inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{what} is not a number: {text[:40]!r}") from None
+    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+        raise ValueError(f"{what} is not finite in float32: {text[:40]!r}")
+    return value
+
+
+def loadtxt(path: Path, dtype: list[tuple[str, str]], sep: str = ",") -> np.ndarray | None:
+    """numpy's C parser for the big files (header already checked), or None
+    when any row fails its dtype: the caller's row loop then says where."""
+    try:
+        with open_binary(path) as f:
+            return np.loadtxt(io.TextIOWrapper(f, "utf-8"), delimiter=sep, skiprows=1, ndmin=1, dtype=dtype)
+    except ValueError:
+        return None
+
+
+def require_files(directory: Path, names: Iterable[str], dataset: str, where: str) -> list[Path]:
+    """The paths of ``names`` (each possibly ``.gz``); all missing ones named in one error."""
+    found = {n: resolve(directory, n) for n in names}
+    missing = [n for n, p in found.items() if p is None]
     if missing:
         raise FileNotFoundError(
-            f"{dataset}: missing {', '.join(missing)} in {directory} — put the raw files there ({where})"
+            f"{dataset}: missing {', '.join(missing)} (or .gz) in {directory} — put the raw files there ({where})"
         )
+    return [p for p in found.values() if p is not None]
 
 
 def fingerprint(files: Iterable[Path], options: dict[str, Any], loader_version: int) -> dict[str, Any]:

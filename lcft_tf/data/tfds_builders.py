@@ -43,8 +43,7 @@ def _examples(dataset: CTRDataset, train: bool):
 @dataclasses.dataclass
 class MovieLensConfig(tfds.core.BuilderConfig):
     genome_dim: int = 0  # 0: no genome feature; ml-20m / ml-25m have 1,128 tags
-    history_length: int = 20
-    split_mode: str = "auto"
+    options: movielens.MovieLensOptions = movielens.MovieLensOptions()  # split, cut, history_length, ...
 
 
 class LcftMovielens(tfds.core.GeneratorBasedBuilder):
@@ -60,9 +59,7 @@ class LcftMovielens(tfds.core.GeneratorBasedBuilder):
 
     def _options(self) -> movielens.MovieLensOptions:
         c = self.builder_config
-        return movielens.MovieLensOptions(
-            split=c.split_mode, history_length=c.history_length, use_genome=c.genome_dim > 0
-        )
+        return dataclasses.replace(c.options, use_genome=c.genome_dim > 0)
 
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
@@ -70,8 +67,8 @@ class LcftMovielens(tfds.core.GeneratorBasedBuilder):
             "user_id": tfds.features.Tensor(shape=(), dtype=tf.int32),
             "item_id": tfds.features.Tensor(shape=(), dtype=tf.int32),
             "category": tfds.features.Tensor(shape=(), dtype=tf.int32),
-            "pos_hist": tfds.features.Tensor(shape=(c.history_length,), dtype=tf.int32),
-            "neg_hist": tfds.features.Tensor(shape=(c.history_length,), dtype=tf.int32),
+            "pos_hist": tfds.features.Tensor(shape=(c.options.history_length,), dtype=tf.int32),
+            "neg_hist": tfds.features.Tensor(shape=(c.options.history_length,), dtype=tf.int32),
         }
         if c.genome_dim:
             spec_fields["genome"] = tfds.features.Tensor(shape=(c.genome_dim,), dtype=tf.float32)
@@ -94,20 +91,23 @@ class LcftMovielens(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass
 class AmazonConfig(tfds.core.BuilderConfig):
-    history_length: int = 20
-    negatives_per_positive: int = 1
+    options: amazon.AmazonOptions = amazon.AmazonOptions()  # category, negatives, split, ...
 
 
 class LcftAmazon(tfds.core.GeneratorBasedBuilder):
-    """Amazon Electronics with DIN's preprocessing (one sampled negative per review)."""
+    """Amazon reviews as CTR samples: per-user negative ratios (``default``) or DIN's 1:1 (``din``)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
-    BUILDER_CONFIGS = [AmazonConfig(name="default")]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put {', '.join(amazon.FILES)} in manual_dir."
+    BUILDER_CONFIGS = [
+        AmazonConfig(name="default", description="each user r negatives per review, r uniform in 1..9"),
+        AmazonConfig(name="din", description="one negative per review", options=amazon.AmazonOptions(
+            negatives="one_per_review")),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put {amazon.WHERE} in manual_dir."
 
     def _info(self) -> tfds.core.DatasetInfo:
-        L = self.builder_config.history_length
+        L = self.builder_config.options.history_length
         fields = {n: tfds.features.Tensor(shape=(), dtype=tf.int32) for n in ("user_id", "item_id", "category")}
         fields.update(
             pos_hist=tfds.features.Tensor(shape=(L,), dtype=tf.int32),
@@ -119,9 +119,7 @@ class LcftAmazon(tfds.core.GeneratorBasedBuilder):
         return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(fields), supervised_keys=None)
 
     def _split_generators(self, dl_manager):
-        c = self.builder_config
-        options = amazon.AmazonOptions(history_length=c.history_length, negatives_per_positive=c.negatives_per_positive)
-        dataset = amazon.build_amazon(dl_manager.manual_dir, options)
+        dataset = amazon.build_amazon(dl_manager.manual_dir, self.builder_config.options)
         return {"train": self._generate_examples(dataset, True), "test": self._generate_examples(dataset, False)}
 
     def _generate_examples(self, dataset: CTRDataset, train: bool):
