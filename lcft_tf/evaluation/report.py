@@ -368,9 +368,9 @@ def gain_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def group_table(summary: Mapping[str, Any]) -> str:
-    """Gain over each baseline per user group (drift bucket or negative ratio)."""
-    columns = [(b, m) for b, others in summary["comparisons"].items() for m in others]
+def group_table(summary: Mapping[str, Any], base: str) -> str:
+    """Gain over ``base`` per user group (drift bucket or negative ratio)."""
+    columns = [(base, m) for m in summary["comparisons"][base]]
     what = "drift abs(w_i − w_g)" if summary["grouping"]["kind"] == "drift" else "negative ratio r"
     lines = ["| model | " + what + " | users | " + " | ".join(f"{method_label(m)} vs {method_label(b)}"
                                                         for b, m in columns) + " |",
@@ -438,8 +438,10 @@ def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], f
             f"Mean over seeds, with {level} paired bootstrap intervals within each group. Users with no train samples "
             f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}.",
             "",
-            group_table(summary),
-            "",
+        ]
+        for base in summary["comparisons"]:
+            lines += [f"Gain over {method_label(base)}:", "", group_table(summary, base), ""]
+        lines += [
             "## Users whose AUC rose, stayed or fell",
             "",
             f"Per user, AUC of the method minus AUC of the baseline on the same seed; \"stayed\" = the change is at most "
@@ -468,10 +470,12 @@ _OFFSET = 0.07  # x shift between methods, in group widths
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Marker, line style and x offset of each method in Fig. 2 (all distinct)."""
+    """Colour, marker, line style and x offset of each method in Fig. 2
+    (offsets all distinct; the same in every panel)."""
     k = len(methods)
     return {
         m: {
+            "color": f"C{i % 10}",
             "marker": _MARKERS[i % len(_MARKERS)],
             "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
             "offset": (i - (k - 1) / 2) * _OFFSET,
@@ -509,13 +513,13 @@ def figure_gain_by_group(summary: Mapping[str, Any]):
     what = "|w_i − w_g| (drift)" if summary["grouping"]["kind"] == "drift" else "negative sampling ratio r"
     fig, axes = plt.subplots(len(models), len(baselines), figsize=(6.5 * len(baselines), 4.2 * len(models)),
                              squeeze=False)
+    styles = method_styles(summary["methods"])
     for row, (model, entry) in enumerate(models.items()):
         groups = entry["groups"]
         x = np.arange(len(groups), dtype=float)
         for col, base in enumerate(baselines):
             ax = axes[row][col]
             others = summary["comparisons"][base]
-            styles = method_styles(others)
             for m in others:
                 cells = [g["gains"].get(f"vs_{base}", {}).get(m) for g in groups]
                 y = np.array([np.nan if c is None or c["estimate"] is None else c["estimate"] for c in cells])
@@ -523,7 +527,7 @@ def figure_gain_by_group(summary: Mapping[str, Any]):
                 hi = np.array([np.nan if c is None or c["ci"][1] is None else c["ci"][1] for c in cells])
                 st = styles[m]
                 ax.errorbar(x + st["offset"], y, yerr=[y - lo, hi - y], marker=st["marker"], linestyle=st["linestyle"],
-                            capsize=2, markersize=5, label=method_label(m))
+                            color=st["color"], capsize=2, markersize=5, label=method_label(m))
             ax.axhline(0, color="grey", lw=0.8)
             ax.set_xticks(x, [f"{g['label']}\n{g['users']} users" for g in groups], fontsize=7)
             ax.set_xlabel(what)
