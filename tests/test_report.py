@@ -206,7 +206,7 @@ def test_users_without_local_ctr_are_in_no_drift_bucket():
         Grouping(drift_edges=(0.0, 0.3)).assign(np.array([0.9]), 0.1)
 
 
-def test_negative_ratio_grouping():
+def test_negative_ratio_grouping(tmp_path):
     ratios = (1, 2, 4, 9)
     rng = np.random.default_rng(3)
     r = rng.choice(ratios, U)
@@ -225,6 +225,14 @@ def test_negative_ratio_grouping():
     with pytest.raises(ValueError, match="no negative ratio"):
         Grouping("negative_ratio", ratios=ratios).assign(np.array([0.5, 0.3]), 1 / 6)
     assert Grouping.from_info({}).kind == "drift"
+    # a ratio nobody has: an empty group, reported as such (None), strict JSON, figures still drawn
+    empty = summarize({"m": _noisy_runs(data, seeds=(0,))}, 1 / 6, ["cloud", "local"],
+                      Grouping("negative_ratio", ratios=(*ratios, 20)), resamples=20)
+    last = empty["models"]["m"]["groups"][-1]
+    assert (last["users"], last["gains"]["vs_cloud"]["local"]["estimate"]) == (0, None)
+    json.dumps(empty, allow_nan=False)
+    write_report(tmp_path, {"title": "T"}, empty)
+    assert "| m | r=20 (w_i=0.048) | 0 | – |" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="grouping kind"):
         Grouping.from_info({"local_ctr_groups": "by_age"})
 
