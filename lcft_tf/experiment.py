@@ -38,7 +38,7 @@ from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.device.fleet import METHODS, FleetConfig, simulate
-from lcft_tf.evaluation.report import aggregate, drift_table, evaluate, markdown_table, plot_figures
+from lcft_tf.evaluation.report import Grouping, auc_table, summarize, write_report
 from lcft_tf.stages import ConfigChangedError, RunLock, Stage, canonical, changed_fields, config_hash
 
 log = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
     log.info("dataset %s (%s)", summary, "built" if rebuilt_data else "reused")
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    fleets: dict[str, dict[int, Any]] = {}
     for model_name in config.models:
         for seed in config.seeds:
             run = f"{model_name}_seed{seed}"
@@ -307,61 +308,27 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
                 executor=executor,
             )
             fleet_stage.commit(["fleet.json"], {"seconds": fleet.stats.get("seconds")})
-            evaluation = evaluate(fleet, global_ctr)
-            evaluation["fleet"] = fleet.stats
-            evaluation["cloud"] = cloud_info
-            runs.setdefault(model_name, {})[seed] = evaluation
+            fleets.setdefault(model_name, {})[seed] = fleet
+            runs.setdefault(model_name, {})[seed] = {"fleet": fleet.stats, "cloud": cloud_info}
 
-    summary_table = {(config.dataset, m): aggregate(list(r.values())) for m, r in runs.items()}
+    report = summarize(fleets, global_ctr, config.methods, Grouping.from_info(dataset.info))
     results = {
         "package_version": __version__,
         "config": dataclasses.asdict(config),
         "stages": {n: s.hash for n, s in stages.items()},
         "dataset": summary,
         "global_ctr": global_ctr,
-        "summary": {m: summary_table[(config.dataset, m)] for m in runs},
+        "summary": report,
         "runs": {m: {str(s): ev for s, ev in r.items()} for m, r in runs.items()},
     }
     results = json.loads(to_json(results))  # what the file holds: NaN -> null
     atomic_write(out / "results.json", to_json(results))
-    figures = plot_figures({f"{m}, seed {min(r)}": r[min(r)] for m, r in runs.items()}, out)
-    table = markdown_table(summary_table, config.methods)
-    drift = drift_table(summary_table, config.methods) if len(config.methods) > 1 else ""
-    atomic_write(out / "report.md", render_report(config, results, table, drift, figures).encode())
-    results["table"] = table
+    notes = [
+        f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
+        f"Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
+        f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter."
+    ]
+    write_report(out, {"title": f"LCFT experiment: {config.run_name}", "dataset": config.dataset, "notes": notes}, report)
+    results["table"] = auc_table(report, config.dataset)
     return results
 
-
-def render_report(config: ExperimentConfig, results: dict[str, Any], table: str, drift: str, figures: list[Path]) -> str:
-    lines = [
-        f"# LCFT experiment: {config.run_name}",
-        "",
-        f"Dataset **{config.dataset}**: {results['dataset']['users']} users, {results['dataset']['samples']} samples, "
-        f"global CTR w_g = {results['global_ctr']:.4f}. Seeds: {list(config.seeds)}. "
-        f"Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
-        f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter.",
-        "",
-        "User-weighted AUC (paper eq. 12), mean ± std over seeds:",
-        "",
-        table,
-        "",
-        "Gain over Cloud (same cloud model and users per seed), mean ± std:",
-        "",
-    ]
-    for model, agg in results["summary"].items():
-        gains = ", ".join(
-            f"{m} {agg[m]['gain_vs_cloud_mean']:+.4f} ± {agg[m]['gain_vs_cloud_std']:.4f}" for m in agg if m != "cloud"
-        )
-        lines.append(f"- {model}: {gains}")
-    first = next(iter(next(iter(results["runs"].values())).values()))
-    left_out = {m: e["users_left_out"] for m, e in first["methods"].items()}
-    lines += [
-        "",
-        f"Users left out of the AUC (test set of one class): {next(iter(left_out.values()))} "
-        f"of {first['users']}.",
-        "",
-    ]
-    if drift:
-        lines += ["Gain over Cloud by local-CTR drift (mean over seeds; users in the first seed's run):", "", drift, ""]
-    lines += [f"![{p.stem}]({p.name})" for p in figures]
-    return "\n".join(lines) + "\n"

@@ -155,9 +155,10 @@ def test_main_job_cli_writes_all_outputs(tmp_path):
     for name in ("results.json", "report.md", "fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png"):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
-    assert set(results["summary"]["lr"]) == {"cloud", "local", "soft1", "soft2", "hard"}
-    assert len(results["summary"]["lr"]["cloud"]["per_seed"]) == 2
-    assert 0.0 < results["summary"]["lr"]["cloud"]["mean"] < 1.0
+    lr = results["summary"]["models"]["lr"]
+    assert set(lr["methods"]) == {"cloud", "local", "soft1", "soft2", "hard"}
+    assert len(lr["methods"]["cloud"]["per_seed"]) == 2
+    assert lr["methods"]["cloud"]["mean"] == pytest.approx(np.mean(lr["methods"]["cloud"]["per_seed"]))
     assert results["config"]["seeds"] == [0, 1]
     assert "| synthetic | lr |" in (out / "report.md").read_text()
 
@@ -184,7 +185,7 @@ def test_experiment_on_movielens_raw_files(tmp_path):
     )
     results = run_experiment(config)
     assert results["dataset"]["users"] == 20
-    run = results["runs"]["lr"]["0"]
+    run = results["summary"]["models"]["lr"]
     assert run["users"] == 20
-    assert run["methods"]["cloud"]["users_used"] + run["methods"]["cloud"]["users_left_out"] == 20
+    assert run["users_used"] + run["users_left_out"] == 20
     assert set(run["methods"]) == {"cloud", "local", "soft1"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lcft_tf.evaluation.metrics import auc, change_shares, per_user_auc, user_weighted_auc
+from lcft_tf.evaluation.metrics import auc, change_shares, per_user_auc, user_weighted_auc, weighted_user_mean
 
 
 def test_auc_matches_sklearn_with_ties():
@@ -41,10 +41,41 @@ def test_user_weighted_auc_hand_computed():
     assert (result.users_used, result.users_left_out) == (2, 1)
 
 
+def test_user_weighted_auc_matches_sklearn_reference():
+    rng = np.random.default_rng(2)
+    users = np.repeat(np.arange(40), rng.integers(1, 30, 40))
+    y = (rng.random(len(users)) < 0.3).astype(int)
+    s = rng.random(len(users)) + 0.2 * y
+    total = weight = 0.0
+    left_out = 0
+    for u in range(40):
+        m = users == u
+        if len(np.unique(y[m])) < 2:
+            left_out += 1
+            continue
+        total += m.sum() * roc_auc_score(y[m], s[m])
+        weight += m.sum()
+    result = user_weighted_auc(users, y, s)
+    assert result.value == pytest.approx(total / weight, abs=1e-12)
+    assert (result.users_used, result.users_left_out) == (40 - left_out, left_out)
+    assert left_out > 0  # the case is exercised
+
+
+def test_users_without_samples_are_neither_used_nor_left_out():
+    value, count = per_user_auc(np.array([0, 0, 2, 2]), np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.2, 0.8]))
+    assert count.tolist() == [2, 0, 2]
+    assert np.isnan(value[1]) and value[0] == 1.0 and value[2] == 0.0
+    result = weighted_user_mean(value, count)
+    assert (result.value, result.users_used, result.users_left_out) == (0.5, 2, 0)
+
+
 def test_change_shares():
     base = np.array([0.5, 0.6, 0.7, np.nan])
     other = np.array([0.6, 0.6, 0.65, 0.9])
     assert change_shares(base, other) == {"rose": 1 / 3, "stayed": 1 / 3, "fell": 1 / 3}
+    # the tolerance decides "stayed": a change of 0.05 stays at tolerance 0.05, not below
+    assert change_shares(base, other, tolerance=0.05)["stayed"] == pytest.approx(2 / 3)
+    assert change_shares(base, other, tolerance=0.1)["stayed"] == pytest.approx(1.0)
 
 
 def test_bad_scores():

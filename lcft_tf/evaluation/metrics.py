@@ -61,7 +61,12 @@ class WeightedAUC:
 def user_weighted_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> WeightedAUC:
     """Eq. 12: per-user AUC averaged with weights = the user's test samples;
     users whose test samples are all one class are left out (and counted)."""
-    value, count = per_user_auc(users, labels, scores)
+    return weighted_user_mean(*per_user_auc(users, labels, scores))
+
+
+def weighted_user_mean(value: np.ndarray, count: np.ndarray) -> WeightedAUC:
+    """The eq. 12 average of per-user values: weights = test samples; users
+    with a NaN value (one-class test set) are left out and counted."""
     present = count > 0
     used = present & np.isfinite(value)
     total = count[used].sum()
@@ -80,3 +85,48 @@ def change_shares(base: np.ndarray, other: np.ndarray, tolerance: float = 1e-6) 
         "stayed": float((np.abs(diff) <= tolerance).sum() / n),
         "fell": float((diff < -tolerance).sum() / n),
     }
+
+
+def paired_bootstrap(
+    values: np.ndarray,
+    weights: np.ndarray,
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    max_block_elements: int = 4_000_000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weighted mean over users of each column of ``values`` ([users, K]) and
+    its percentile bootstrap interval (docs/evaluation.md).
+
+    Users are resampled with replacement; one resample picks the same users
+    for every column, so columns that are gains of several methods on the same
+    users stay paired. Returns ``(estimate, low, high)``, each of length K.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    if values.ndim != 2 or weights.shape != (values.shape[0],):
+        raise ValueError(f"values must be [users, K] and weights [users], got {values.shape} and {weights.shape}")
+    if not (np.all(np.isfinite(values)) and np.all(np.isfinite(weights)) and np.all(weights > 0)):
+        raise ValueError("bootstrap needs finite values and positive finite weights")
+    if resamples < 1 or not 0.0 < confidence < 1.0:
+        raise ValueError(f"need resamples >= 1 and 0 < confidence < 1, got {resamples}, {confidence}")
+    n, k = values.shape
+    if n == 0:
+        nan = np.full(k, np.nan)
+        return nan, nan.copy(), nan.copy()
+    weighted = values * weights[:, None]
+    estimate = weighted.sum(0) / weights.sum()
+    rng = np.random.default_rng(seed)
+    stats = np.empty((resamples, k))
+    block = max(1, min(resamples, max_block_elements // n))
+    for start in range(0, resamples, block):
+        b = min(block, resamples - start)
+        picks = rng.integers(0, n, size=(b, n))
+        # counts[j, u]: how often resample j drew user u (row by row: cache-friendly)
+        counts = np.empty((b, n))
+        for j in range(b):
+            counts[j] = np.bincount(picks[j], minlength=n)
+        stats[start : start + b] = (counts @ weighted) / (counts @ weights)[:, None]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [tail, 1.0 - tail], axis=0)
+    return estimate, low, high
