@@ -17,7 +17,7 @@ import pytest
 from conftest import BATCH, HARD_TABLE, build_tiny, random_features
 
 from lcft_tf import models, validation
-from lcft_tf.cloud.export import CLIP_NORM, ExportConfig, TrainableModule, export_tflite
+from lcft_tf.cloud.export import CLIP_NORM, ExportConfig, export_tflite
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.correction import METHODS, correction_pair
 from lcft_tf.device.model import OnDeviceModel
