@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename: readers never see a half file."""
+    """Write via a temp file in the same folder + rename: readers never see a
+    half file. The temp is named ``.<name>.<pid>.<random>.tmp`` so that
+    :func:`remove_stale_temps` can tell a killed writer's leftover from a live
+    writer's file; leftovers of ``path`` are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as f:
@@ -23,6 +29,34 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete temps of :func:`atomic_write` for ``path`` whose writer process
+    is gone (a kill mid-write leaves them); a temp of a live process, this one
+    included, is kept. Returns the files removed."""
+    import psutil
+
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+\.tmp")
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        match = pattern.fullmatch(tmp.name)
+        if match is None:
+            continue  # not our naming (e.g. an older release's temp): leave it
+        pid = int(match.group(1))
+        if pid == os.getpid() or psutil.pid_exists(pid):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass  # another process cleaned it first
+    return removed
 
 
 def _umask() -> int:

@@ -1,4 +1,4 @@
-"""Label correction for fine-tuning (LCFT), DESIGN.md §1.
+"""Label correction for fine-tuning (LCFT), docs/loss_and_correction.md.
 
 A device whose local click rate ``w_i`` differs from the global one ``w_g``
 trains on corrected labels: positives get ``alpha``, negatives ``beta``,

@@ -3,15 +3,23 @@
 The file has five signatures, each runnable in the plain LiteRT interpreter
 (builtin ops only, no Flex):
 
-* ``train(<features>, label, sample_weight, learning_rate) -> {loss}``: one
-  optimizer step on a static batch; ``sample_weight`` 0 marks padding rows.
+* ``train(<features>, label, sample_weight, learning_rate) -> {loss,
+  grad_norm, applied}``: one optimizer step on a static batch
+  (``sample_weight`` 0 marks padding rows), the gradient clipped to a global
+  norm of ``clip_norm``; a step that would leave any weight, slot or the loss
+  non-finite is not applied (``applied`` 0, state bit-exactly unchanged).
 * ``infer(<features>) -> {probability}``
 * ``save() -> {<state name>: tensor}``: every variable needed to resume
   (model weights and optimizer slots).
 * ``restore(<state name>: tensor...) -> {num_restored}``
-* ``correct(label, local_ctr, method) -> {corrected_label, alpha, beta}``:
+* ``correct(label, local_ctr, method) -> {corrected_label, alpha, beta, valid}``:
   label correction (none / soft1 / soft2 / hard with the shipped table), so
-  a device needs no cloud round trip.
+  a device needs no cloud round trip. An unknown method id, a local CTR
+  outside [0, 1] or ``hard`` without a shipped table give ``valid`` 0 and the
+  raw labels (alpha 1, beta 0), never some other correction.
+
+Design notes: docs/tflite_training.md (what the converter and interpreter
+allow) and docs/loss_and_correction.md (loss, clipping, rollback, correction).
 """
 
 from __future__ import annotations
@@ -29,9 +37,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from lcft_tf import __version__
+from lcft_tf import __version__, validation
 from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
-from lcft_tf.correction import METHODS, HardCorrectionTable
+from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable
 from lcft_tf.features import FeatureSpec
 from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import corrected_log_loss, weighted_mean
@@ -40,6 +48,10 @@ log = logging.getLogger(__name__)
 
 SIGNATURES = ("train", "infer", "save", "restore", "correct")
 OPTIMIZERS = ("sgd", "adam")
+# Default global gradient-norm clip: above the largest norm measured in
+# ordinary fine-tuning of the bundled models (docs/loss_and_correction.md).
+CLIP_NORM = 10.0
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class FlexOpsError(RuntimeError):
@@ -58,6 +70,8 @@ class ExportConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7
+    # Global gradient-norm clip of every step (docs/loss_and_correction.md).
+    clip_norm: float = CLIP_NORM
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -66,8 +80,9 @@ class ExportConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not (0.0 <= self.global_ctr <= 1.0):
             raise ValueError(f"global_ctr must be in [0, 1], got {self.global_ctr!r}")
-        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
-            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate!r}")
+        validation.learning_rate(self.learning_rate)
+        if not (np.isfinite(np.float32(self.clip_norm)) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")
 
 
 def _state_name(path: str, taken: set[str]) -> str:
@@ -91,11 +106,14 @@ class TrainableModule(tf.Module):
         self.spec: FeatureSpec = model.spec
         self.config = config
         # Track the underlying tf.Variables: Keras 3 variables are otherwise
-        # exported uninitialised (DESIGN.md §2.3).
+        # exported uninitialised (docs/tflite_training.md).
         taken: set[str] = set()
         self._trainable = [v.value for v in model.trainable_variables]
         self._model_vars = [v.value for v in model.variables]
-        names = [_state_name(v.path, taken) for v in model.variables]
+        # Paths minus the model's own (maybe auto-numbered) name; every layer
+        # below it has an explicit name (docs/tflite_training.md).
+        prefix = f"{model.name}/"
+        names = [_state_name(v.path.removeprefix(prefix), taken) for v in model.variables]
         self._slots: list[tf.Variable] = []
         slot_names: list[str] = []
         if config.optimizer == "adam":
@@ -148,24 +166,37 @@ class TrainableModule(tf.Module):
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
             loss = weighted_mean(corrected_log_loss(logits, inputs["label"]), inputs["sample_weight"])
-        grads = tape.gradient(loss, self._trainable)
-        self._apply(grads, inputs["learning_rate"])
-        return {"loss": loss}
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, self._trainable)]  # dense: no Flex scatter
+        norm = tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]))
+        # Rescale the whole vector to norm <= clip_norm (same direction; a NaN
+        # or inf norm makes the step non-finite and the guard below drops it).
+        clip = tf.constant(self.config.clip_norm, tf.float32)
+        grads = [g * (clip / tf.maximum(norm, clip)) for g in grads]
+        updates = self._updates(grads, inputs["learning_rate"])
+        ok = tf.logical_and(_finite(loss), _finite(norm))
+        for _, new in updates:
+            ok = tf.logical_and(ok, _finite(new))
+        # Keep the old state when anything is non-finite: builtin SELECT_V2,
+        # bit-exact rollback (docs/loss_and_correction.md).
+        for v, new in updates:
+            v.assign(tf.where(ok, new, v.read_value()))
+        return {"loss": loss, "grad_norm": norm, "applied": tf.cast(ok, tf.int32)}
 
-    def _apply(self, grads, lr) -> None:
-        grads = [tf.convert_to_tensor(g) for g in grads]  # dense: no Flex scatter ops
+    def _updates(self, grads, lr) -> list:
+        """``(variable, new value)`` for every variable one optimizer step
+        changes; nothing is assigned here."""
         if self.config.optimizer == "sgd":
-            for v, g in zip(self._trainable, grads):
-                v.assign_sub(lr * g)
-            return
+            return [(v, v.read_value() - lr * g) for v, g in zip(self._trainable, grads)]
         c = self.config
-        step = self._step.assign_add(1.0)
+        step = self._step.read_value() + 1.0
         scale = lr * tf.sqrt(1.0 - tf.pow(c.adam_beta2, step)) / (1.0 - tf.pow(c.adam_beta1, step))
+        out = [(self._step, step)]
         for i, (v, g) in enumerate(zip(self._trainable, grads)):
-            m, s = self._slots[2 * i], self._slots[2 * i + 1]
-            m = m.assign(c.adam_beta1 * m + (1.0 - c.adam_beta1) * g)
-            s = s.assign(c.adam_beta2 * s + (1.0 - c.adam_beta2) * g * g)
-            v.assign_sub(scale * m / (tf.sqrt(s) + c.adam_epsilon))
+            m_var, s_var = self._slots[2 * i], self._slots[2 * i + 1]
+            m = c.adam_beta1 * m_var.read_value() + (1.0 - c.adam_beta1) * g
+            s = c.adam_beta2 * s_var.read_value() + (1.0 - c.adam_beta2) * g * g
+            out += [(m_var, m), (s_var, s), (v, v.read_value() - scale * m / (tf.sqrt(s) + c.adam_epsilon))]
+        return out
 
     def infer(self, **features) -> dict[str, tf.Tensor]:
         return {"probability": tf.sigmoid(self.model(features, training=False))}
@@ -196,11 +227,17 @@ class TrainableModule(tf.Module):
         else:
             interval = tf.reduce_sum(tf.cast(w_i >= self._edges, tf.int32))
         hard_alpha, hard_beta = tf.gather(self._alphas, interval), tf.gather(self._betas, interval)
-        choice = tf.clip_by_value(method, 0, len(METHODS) - 1)
+        # Unknown ids (and w_i outside [0, 1] / NaN, or hard without a table)
+        # read row 0 = raw labels and report valid 0; never another method.
+        valid = tf.logical_and(method >= 0, method < len(METHODS))
+        valid = tf.logical_and(valid, tf.logical_and(w_i >= 0.0, w_i <= 1.0))
+        if self.config.hard_table is None:
+            valid = tf.logical_and(valid, tf.not_equal(method, METHOD_IDS["hard"]))
+        choice = tf.where(valid, method, tf.zeros_like(method))
         alpha = tf.gather(tf.stack([one, s1_alpha, s2_alpha, hard_alpha]), choice)
         beta = tf.gather(tf.stack([zero, s1_beta, s2_beta, hard_beta]), choice)
         corrected = tf.where(label > 0.5, alpha * tf.ones_like(label), beta * tf.ones_like(label))
-        return {"corrected_label": corrected, "alpha": alpha, "beta": beta}
+        return {"corrected_label": corrected, "alpha": alpha, "beta": beta, "valid": tf.cast(valid, tf.int32)}
 
     # -- concrete functions -----------------------------------------------
     def concrete_functions(self) -> dict[str, Any]:
@@ -212,6 +249,12 @@ class TrainableModule(tf.Module):
             "restore": tf.function(self.restore).get_concrete_function(**self.restore_specs()),
             "correct": tf.function(self.correct).get_concrete_function(**self.correct_specs()),
         }
+
+
+def _finite(x: tf.Tensor) -> tf.Tensor:
+    """True iff every element is finite; |x| <= max float is false for NaN and
+    inf, and needs only builtins (ABS, LESS_EQUAL, REDUCE_ALL)."""
+    return tf.reduce_all(tf.abs(x) <= _FLOAT32_MAX)
 
 
 def convert(module: TrainableModule) -> bytes:
@@ -253,7 +296,7 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
     state = [_tensor_info(v, n) for n, v in zip(module.state_names, module._state)]
     return {
         "format": "lcft-tflite",
-        "format_version": 1,
+        "format_version": 2,  # read by lcft_tf.device.model (FORMAT_VERSION)
         "package_version": __version__,
         "model": {"name": module.model.model_name, "config": module.model.get_config()},
         "feature_spec": module.spec.to_json(),
@@ -261,12 +304,15 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
         "optimizer": {
             "name": c.optimizer,
             "learning_rate": c.learning_rate,
+            "clip_norm": c.clip_norm,
+            "non_finite_step": "rolled back (train outputs applied = 0)",
             **({"beta1": c.adam_beta1, "beta2": c.adam_beta2, "epsilon": c.adam_epsilon} if c.optimizer == "adam" else {}),
         },
         "loss": "corrected_log_loss (logit form; logit capped at +-10 for targets outside [0, 1])",
         "correction": {
             "global_ctr": c.global_ctr,
             "methods": {m: i for i, m in enumerate(METHODS)},
+            "unknown_method": "raw labels (alpha 1, beta 0) and valid = 0",
             "hard_table": c.hard_table.to_json() if c.hard_table else None,
         },
         "signatures": {
@@ -277,7 +323,11 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
                     {"name": "sample_weight", "shape": [c.batch_size], "dtype": "float32"},
                     {"name": "learning_rate", "shape": [], "dtype": "float32"},
                 ],
-                "outputs": [{"name": "loss", "shape": [], "dtype": "float32"}],
+                "outputs": [
+                    {"name": "loss", "shape": [], "dtype": "float32"},
+                    {"name": "grad_norm", "shape": [], "dtype": "float32"},
+                    {"name": "applied", "shape": [], "dtype": "int32"},
+                ],
             },
             "infer": {
                 "inputs": feature_inputs,
@@ -295,6 +345,7 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
                     {"name": "corrected_label", "shape": [c.batch_size], "dtype": "float32"},
                     {"name": "alpha", "shape": [], "dtype": "float32"},
                     {"name": "beta", "shape": [], "dtype": "float32"},
+                    {"name": "valid", "shape": [], "dtype": "int32"},
                 ],
             },
         },

@@ -1,5 +1,5 @@
 """Hard label correction: the cloud's grid search for ``(alpha, beta)`` per
-local-CTR interval (DESIGN.md §1).
+local-CTR interval (docs/loss_and_correction.md).
 
 Users are grouped by their local CTR ``w_i``; from each group at most
 ``users_per_group`` users are sampled. Each sampled user's train samples are

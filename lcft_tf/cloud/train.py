@@ -1,6 +1,6 @@
 """Cloud training: a registry model on all users' train samples, through Keras.
 
-Paper defaults (DESIGN.md §1): SGD, batch 32, 2 epochs, learning rate 1.0
+Paper defaults (docs/loss_and_correction.md): SGD, batch 32, 2 epochs, learning rate 1.0
 decayed x0.1 per epoch. ``model.fit`` runs on a ``tf.data`` pipeline under a
 ``tf.distribute`` strategy (the default one on a laptop), so the same code
 scales to several GPUs/workers by passing another strategy.
@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lcft_tf import models
+from lcft_tf import models, validation
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import corrected_log_loss
@@ -39,8 +39,7 @@ class CloudConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
-        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
-            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate}")
+        validation.learning_rate(self.learning_rate)
 
 
 @keras.saving.register_keras_serializable(package="lcft_tf")

@@ -12,6 +12,7 @@ bad data fails with a ``ValueError`` before it reaches the interpreter.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,11 +22,15 @@ from ai_edge_litert.interpreter import Interpreter
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
+from lcft_tf import validation
+from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, remove_stale_temps, sha256, state_fingerprint
 from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_ctr
 from lcft_tf.features import FeatureSpec
 
 SIGNATURES = ("train", "infer", "save", "restore", "correct")
+FORMAT, FORMAT_VERSION = "lcft-tflite", 2  # 2: train outputs grad_norm/applied, correct outputs valid
+
+log = logging.getLogger(__name__)
 
 
 class OnDeviceModel:
@@ -41,6 +46,9 @@ class OnDeviceModel:
             raise FileNotFoundError(f"no metadata beside the model: expected {meta_path}")
         content = self.path.read_bytes()
         self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
+        version = (self.metadata.get("format"), self.metadata.get("format_version"))
+        if version != (FORMAT, FORMAT_VERSION):
+            raise ValueError(f"{meta_path}: format {version}, this package reads {(FORMAT, FORMAT_VERSION)}; re-export the model")
         if self.metadata.get("tflite_sha256") != sha256(content):
             raise ValueError(f"{self.path} does not match the sha256 in {meta_path} (file changed after export?)")
         self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
@@ -48,6 +56,7 @@ class OnDeviceModel:
         if found != set(SIGNATURES):
             raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(SIGNATURES)}")
         self._runners = {key: self.interpreter.get_signature_runner(key) for key in SIGNATURES}
+        self._check_signatures(meta_path)
         self.spec = FeatureSpec.from_json(self.metadata["feature_spec"])
         self.batch_size = int(self.metadata["batch_size"])
         self.learning_rate = float(self.metadata["optimizer"]["learning_rate"])
@@ -58,6 +67,7 @@ class OnDeviceModel:
         state = self.metadata["signatures"]["save"]["outputs"]
         self.state_specs = {t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"])) for t in state}
         self.state_fingerprint = state_fingerprint(state)
+        self.rolled_back_steps = 0  # train steps dropped by the in-model guard (non-finite), cumulative
 
     @property
     def name(self) -> str:
@@ -93,7 +103,10 @@ class OnDeviceModel:
         """One pass over the samples in order, one optimizer step per batch.
 
         ``labels`` may be corrected (any finite float). Returns the loss of
-        each step (weighted mean over the batch's real rows).
+        each step (weighted mean over the batch's real rows, before the step).
+        A step the model's guard rolls back (its loss or new state would be
+        non-finite) leaves the state unchanged; such steps are added to
+        :attr:`rolled_back_steps` and logged as a warning.
         """
         features = self.spec.validate(features)
         n = _rows(features)
@@ -101,16 +114,22 @@ class OnDeviceModel:
         weights = np.ones(n, np.float32) if sample_weight is None else _finite_vector("sample_weight", sample_weight, n)
         if np.any(weights < 0):
             raise ValueError("sample_weight must be >= 0")
-        lr = self.learning_rate if learning_rate is None else learning_rate
-        if not np.isfinite(lr) or lr < 0:
-            raise ValueError(f"learning_rate must be finite and >= 0, got {lr!r}")
-        lr = np.float32(lr)
+        lr = np.float32(validation.learning_rate(self.learning_rate if learning_rate is None else learning_rate))
         run = self._runners["train"]
         arrays = {**features, "label": labels, "sample_weight": weights}
         losses = np.empty(-(-n // self.batch_size), np.float32)
+        rolled_back = 0
         for i, start in enumerate(range(0, n, self.batch_size)):
             batch, _ = self._batch(arrays, start, n)
-            losses[i] = run(**batch, learning_rate=lr)["loss"]
+            out = run(**batch, learning_rate=lr)
+            losses[i] = out["loss"]
+            rolled_back += int(out["applied"]) == 0
+        if rolled_back:
+            self.rolled_back_steps += rolled_back
+            log.warning(
+                "%s: %d of %d train steps rolled back (non-finite loss or weights at learning rate %g)",
+                self.name, rolled_back, len(losses), lr,
+            )
         return losses
 
     def save(self) -> dict[str, np.ndarray]:
@@ -145,19 +164,28 @@ class OnDeviceModel:
         for start in range(0, n, self.batch_size):
             batch, rows = self._batch({"label": labels}, start, n)
             result = self._runners["correct"](**batch, local_ctr=np.float32(w_i), method=np.int32(METHOD_IDS[method]))
+            if int(result["valid"]) != 1:  # the checks above make this unreachable unless the file is wrong
+                raise ValueError(f"{self.path}: correct signature rejected method {method!r} with local CTR {w_i!r}")
             out[start : start + rows] = result["corrected_label"][:rows]
         return out
 
     # -- checkpoints --------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Write :meth:`save`'s tensors as a safetensors file, atomically."""
+        """Write :meth:`save`'s tensors as a safetensors file, atomically.
+        Refuses (``ValueError``, old file untouched) when any tensor is
+        non-finite: a checkpoint is the last good state."""
+        state = self.save()
+        bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
+        if bad:
+            raise ValueError(f"not saving {path}: state tensor {bad[0]!r} contains NaN or inf")
         meta = {"format": CHECKPOINT_FORMAT, "model": self.name, "state": self.state_fingerprint}
-        atomic_write(path, safetensors_bytes(self.save(), metadata=meta))
+        atomic_write(path, safetensors_bytes(state, metadata=meta))
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore from a safetensors checkpoint; a truncated file, one from
         another model or with wrong shapes/dtypes raises ``ValueError`` and
         changes nothing."""
+        remove_stale_temps(path)
         try:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
@@ -176,6 +204,40 @@ class OnDeviceModel:
         self.restore(state)
 
     # -- internals ----------------------------------------------------------
+    def _check_signatures(self, meta_path: Path) -> None:
+        """Every input/output name, shape and dtype in the JSON must be the
+        interpreter's own; an edited JSON fails here, not inside LiteRT."""
+        declared = self.metadata.get("signatures") or {}
+        for key in SIGNATURES:
+            runner = self._runners[key]
+            actual = {"inputs": runner.get_input_details(), "outputs": runner.get_output_details()}
+            for side in ("inputs", "outputs"):
+                listed = {t["name"]: t for t in declared.get(key, {}).get(side, [])}
+                where = f"{meta_path}: signatures.{key}.{side}"
+                if set(listed) != set(actual[side]):
+                    raise ValueError(f"{where} names {sorted(listed)} differ from the model's {sorted(actual[side])}")
+                for name, detail in actual[side].items():
+                    shape, dtype = [int(d) for d in detail["shape"]], np.dtype(detail["dtype"]).name
+                    if list(listed[name].get("shape", ())) != shape:
+                        raise ValueError(f"{where}.{name}.shape is {listed[name].get('shape')}, the model has {shape}")
+                    if listed[name].get("dtype") != dtype:
+                        raise ValueError(f"{where}.{name}.dtype is {listed[name].get('dtype')!r}, the model has {dtype!r}")
+        # The fields the wrapper builds batches from must agree with the model too.
+        batch = int(self._runners["train"].get_input_details()["label"]["shape"][0])
+        if self.metadata.get("batch_size") != batch:
+            raise ValueError(f"{meta_path}: batch_size is {self.metadata.get('batch_size')}, the model has {batch}")
+        spec = FeatureSpec.from_json(self.metadata["feature_spec"])
+        infer = self._runners["infer"].get_input_details()
+        if set(spec.names) != set(infer):
+            raise ValueError(f"{meta_path}: feature_spec names {sorted(spec.names)} differ from the model's {sorted(infer)}")
+        for name in spec.names:
+            shape, dtype = [batch, *spec.shape(name)[1:]], np.dtype(spec.dtype(name)).name
+            if [int(d) for d in infer[name]["shape"]] != shape or np.dtype(infer[name]["dtype"]).name != dtype:
+                raise ValueError(
+                    f"{meta_path}: feature_spec {name!r} gives {dtype}{shape}, the model has "
+                    f"{np.dtype(infer[name]['dtype']).name}{list(infer[name]['shape'])}"
+                )
+
     def _check_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         missing = [k for k in self.state_specs if k not in state]
         unknown = [k for k in state if k not in self.state_specs]

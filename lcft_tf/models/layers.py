@@ -1,10 +1,15 @@
 """Layers whose forward *and gradient* graphs convert to TFLite builtin ops.
 
-Why these exist (DESIGN.md §2): TF's stock gradients of ReLU, strided
+Why these exist (docs/tflite_training.md): TF's stock gradients of ReLU, strided
 slices and Keras 3's GRU need the Flex delegate, which the plain LiteRT
 interpreter does not ship. Everything here avoids them: custom-gradient
 activations, ``tf.split`` / ``tf.gather`` instead of slicing, explicit
 reshapes instead of broadcasting matmuls.
+
+Every sublayer gets an explicit name derived from its owner's name (e.g.
+``deep_hidden0``): exported state names come from variable paths, and Keras's
+auto-numbering (``linear_3`` vs ``linear_24``) would make them depend on what
+else the process built (docs/tflite_training.md).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class Embedding(keras.layers.Layer):
     """Embedding table with one extra out-of-vocabulary row.
 
     Ids outside ``[0, vocab_size)`` read row ``vocab_size`` instead of
-    failing the gather inside the interpreter (DESIGN.md §2.7).
+    failing the gather inside the interpreter (docs/tflite_training.md).
     """
 
     def __init__(self, vocab_size: int, dim: int, seed: int | None = None, **kwargs):
@@ -110,9 +115,13 @@ class MLP(keras.layers.Layer):
     """ReLU hidden layers followed by a linear output of ``out_units``."""
 
     def __init__(self, hidden_units, out_units: int | None = 1, seed: int | None = None, **kwargs):
+        if not kwargs.get("name"):
+            raise ValueError("MLP needs an explicit name (its variable names derive from it)")
         super().__init__(**kwargs)
-        self.hidden = [Linear(u, "relu", seed=_offset(seed, i)) for i, u in enumerate(hidden_units)]
-        self.out = Linear(out_units, seed=_offset(seed, len(self.hidden))) if out_units else None
+        self.hidden = [
+            Linear(u, "relu", seed=_offset(seed, i), name=f"{self.name}_hidden{i}") for i, u in enumerate(hidden_units)
+        ]
+        self.out = Linear(out_units, seed=_offset(seed, len(self.hidden)), name=f"{self.name}_out") if out_units else None
 
     def call(self, x):
         for layer in self.hidden:
@@ -142,8 +151,10 @@ class AttentionPooling(keras.layers.Layer):
     return the weighted sum of the keys (zeros for an empty sequence)."""
 
     def __init__(self, hidden_units=(32,), seed: int | None = None, **kwargs):
+        if not kwargs.get("name"):
+            raise ValueError("AttentionPooling needs an explicit name (its variable names derive from it)")
         super().__init__(**kwargs)
-        self.scorer = MLP(hidden_units, out_units=1, seed=seed)
+        self.scorer = MLP(hidden_units, out_units=1, seed=seed, name=f"{self.name}_scorer")
 
     def call(self, query, keys, mask):
         length = keys.shape[1]

@@ -14,7 +14,7 @@ def corrected_log_loss(logits: tf.Tensor, targets: tf.Tensor):
 
     Written in logit form, ``softplus(z) - t * z``, whose gradient is
     ``sigmoid(z) - t`` — linear in the target, which is what makes LCFT's
-    mean-matching argument hold (DESIGN.md §1). For ``t`` in [0, 1] this is
+    mean-matching argument hold (docs/loss_and_correction.md). For ``t`` in [0, 1] this is
     the usual binary cross-entropy. Soft2 can give ``t > 1`` or ``t < 0``,
     where the loss has no minimum and would drive the logit to infinity; for
     those samples only, the logit is capped at ``±LOGIT_BOUND`` inside the

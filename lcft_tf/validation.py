@@ -1,0 +1,22 @@
+"""Checks of scalar settings shared by cloud training, export and devices."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def learning_rate(value, name: str = "learning_rate") -> float:
+    """``value`` as a float that is finite and >= 0 *in float32*, the dtype
+    the ``train`` signature receives (1e39 is finite as a float64 but inf as
+    a float32, and would turn every weight into NaN)."""
+    try:
+        as64 = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    with np.errstate(over="ignore"):
+        as32 = np.float32(as64)
+    if not (math.isfinite(as64) and np.isfinite(as32)) or as64 < 0:
+        raise ValueError(f"{name} must be finite as a float32 and >= 0, got {value!r}")
+    return as64
