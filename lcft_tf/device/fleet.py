@@ -42,6 +42,7 @@ from lcft_tf._io import atomic_write, sha256, to_json
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
+from lcft_tf.validation import learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class FleetConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown fleet methods {unknown}; choose from {METHODS}")
-        if not np.isfinite(self.learning_rate) or self.learning_rate < 0:
-            raise ValueError(f"learning_rate must be finite and >= 0, got {self.learning_rate}")
+        learning_rate(self.learning_rate)
         if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
             raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
 
@@ -177,7 +177,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     config: FleetConfig = _WORKER["config"]
     records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
     predictions: dict[str, list] = {m: [] for m in config.methods}
-    steps = 0
+    steps, rolled_back = 0, device.rolled_back_steps
     for u in range(*users):
         view = dataset.user(u)
         if len(view.test_labels) == 0:
@@ -207,7 +207,8 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     }
     data = safetensors_bytes(arrays, metadata={"format": MANIFEST_FORMAT, "users": json.dumps(list(users))})
     atomic_write(_WORKER["chunk_dir"] / chunk_name(users[0]), data)
-    return {"users": list(users), "sha256": sha256(data), "steps": steps}
+    return {"users": list(users), "sha256": sha256(data), "steps": steps,
+            "rolled_back": device.rolled_back_steps - rolled_back}
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -358,13 +359,14 @@ def simulate(
     executor = executor or default_executor(config)
     in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
-    steps = 0
+    steps = rolled_back = 0
     with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
               disable=None) as bar:
         for entry in executor.map_unordered(
             _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child), _run_chunk, tasks
         ):
             steps += entry.pop("steps")
+            rolled_back += entry.pop("rolled_back")
             manifest["chunks"][chunk_name(entry["users"][0])] = entry
             atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
             bar.update(entry["users"][1] - entry["users"][0])
@@ -376,6 +378,7 @@ def simulate(
         "users_simulated_now": simulated,
         "users_per_second": simulated / seconds if seconds > 0 and simulated else None,
         "device_train_steps": steps,
+        "device_steps_rolled_back": rolled_back,  # non-finite steps the device dropped (docs/loss_and_correction.md)
         "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
         "resumed_chunks": len(done),
         "manifest_hash": manifest["hash"],
