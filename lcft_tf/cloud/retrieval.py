@@ -171,7 +171,8 @@ class Retrieval:
 
 class _PeakRSS:
     """Samples this process's resident memory (psutil) in a thread; ``peak``
-    is the highest value seen while the block ran."""
+    is the highest value seen while the block ran; ``cpu_seconds`` the
+    process CPU time (user + system) it used."""
 
     def __init__(self, interval: float = 0.05):
         import psutil
@@ -179,6 +180,7 @@ class _PeakRSS:
         self._process, self._interval = psutil.Process(), interval
         self._stop = threading.Event()
         self.start = self.peak = self._process.memory_info().rss
+        self.cpu_start = sum(self._process.cpu_times()[:2])
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):
@@ -193,6 +195,7 @@ class _PeakRSS:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self._process.memory_info().rss)
+        self.cpu_seconds = sum(self._process.cpu_times()[:2]) - self.cpu_start
 
 
 def retrieve(
@@ -260,6 +263,7 @@ def retrieve(
         seconds = time.perf_counter() - began
     stats = {
         "seconds": seconds,
+        "cpu_seconds": memory.cpu_seconds,  # user + system, all threads: a fairer cost on a shared machine
         "peak_rss_bytes": int(memory.peak),
         "peak_rss_added_bytes": int(memory.peak - memory.start),
         "pool_size": int(len(pool)),

@@ -27,7 +27,6 @@ import numpy as np
 
 from lcft_tf.cloud.retrieval import USER_FEATURE
 from lcft_tf.correction import METHODS as CORRECTIONS
-from lcft_tf.device.fleet import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.models.sample_classifier import EMBEDDING_FEATURE
 
@@ -169,6 +168,8 @@ def coda_fine_tune_and_predict(
         labels = device.correct(labels, config.correction)  # w: click rate of the whole set (docs/coda.md)
     elif len(labels):
         labels = labels.astype(np.float32)
+    from lcft_tf.device.fleet import fine_tune_and_predict  # here: fleet will import this module
+
     predictions = fine_tune_and_predict(device, cloud_state, features, labels, test_features, learning_rate, epochs)
     return CodaResult(predictions=predictions, kept=kept, probabilities=probability)
 
