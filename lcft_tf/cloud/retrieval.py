@@ -249,8 +249,9 @@ def retrieve(
             query = _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
             index = _build_index(faiss, pool, embeddings, config)
             fetch = k + (own_hi - own_lo)[queried]  # own rows may all rank first
-            for size in np.unique(_bucket(fetch)):  # batched searches by fetch size
-                rows = np.flatnonzero(_bucket(fetch) == size)
+            buckets = _bucket(fetch)
+            for size in np.unique(buckets):  # batched searches by fetch size
+                rows = np.flatnonzero(buckets == size)
                 if config.index == "hnsw":
                     index.hnsw.efSearch = max(config.hnsw_ef_search, int(size))
                 found_scores, found = index.search(query[rows], int(min(size, len(pool))))
