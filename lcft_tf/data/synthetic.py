@@ -13,8 +13,8 @@ Generative process (every step seeded, all numpy-vectorised):
    ``mean_samples_per_user`` (at least ``min_samples_per_user``). A seeded
    ``few_sample_share`` of users instead gets a number uniform in
    ``few_sample_range`` (inclusive; total impressions, train is the first
-   ``1 - test_fraction`` of them): the few-sample regime where Local
-   overfits (docs/coda.md). It is drawn from its own generator, so share 0
+   ``1 - test_fraction`` of them): the few-sample users CoDA targets
+   (docs/coda.md). It is drawn from its own generator, so share 0
    (the default) leaves every other draw unchanged.
 3. **Impressions**: each user sees ``n_i`` items drawn with probability
    ``∝ exp(b_j)``, at increasing timestamps.
