@@ -10,7 +10,12 @@ Generative process (every step seeded, all numpy-vectorised):
 2. **Users** ``i = 1..num_users``: a taste ``u_i ~ N(0, I / latent_dim)``, a
    click propensity ``theta_i ~ N(0, ctr_spread)`` (the source of CTR drift),
    and a number of impressions ``n_i ~ LogNormal`` with mean
-   ``mean_samples_per_user`` (at least ``min_samples_per_user``).
+   ``mean_samples_per_user`` (at least ``min_samples_per_user``). A seeded
+   ``few_sample_share`` of users instead gets a number uniform in
+   ``few_sample_range`` (inclusive; total impressions, train is the first
+   ``1 - test_fraction`` of them): the few-sample users CoDA targets
+   (docs/coda.md). It is drawn from its own generator, so share 0
+   (the default) leaves every other draw unchanged.
 3. **Impressions**: each user sees ``n_i`` items drawn with probability
    ``∝ exp(b_j)``, at increasing timestamps.
 4. **Clicks**: ``P(click) = sigmoid(mu + theta_i + taste_weight * sqrt(d) *
@@ -56,6 +61,8 @@ class SyntheticConfig:
     dense_dim: int = 16
     history_length: int = 10
     test_fraction: float = 0.2
+    few_sample_share: float = 0.0
+    few_sample_range: tuple[int, int] = (5, 20)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -70,6 +77,11 @@ class SyntheticConfig:
             raise ValueError("mean_samples_per_user must be >= min_samples_per_user")
         if self.ctr_spread < 0 or self.popularity_spread < 0:
             raise ValueError("spreads must be >= 0")
+        if not 0.0 <= self.few_sample_share <= 1.0:
+            raise ValueError(f"few_sample_share must be in [0, 1], got {self.few_sample_share}")
+        lo, hi = self.few_sample_range
+        if not 2 <= lo <= hi:
+            raise ValueError(f"few_sample_range must be (lo, hi) with 2 <= lo <= hi, got {self.few_sample_range}")
 
 
 def synthetic_spec(config: SyntheticConfig) -> FeatureSpec:
@@ -123,6 +135,10 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
     sigma = 0.6
     sizes = rng.lognormal(np.log(c.mean_samples_per_user) - sigma**2 / 2, sigma, c.num_users)
     sizes = np.maximum(np.round(sizes), c.min_samples_per_user).astype(np.int64)
+    if c.few_sample_share > 0:
+        few_rng = np.random.default_rng([c.seed, 1])  # own stream: share 0 draws nothing
+        few = few_rng.random(c.num_users) < c.few_sample_share
+        sizes[few] = few_rng.integers(c.few_sample_range[0], c.few_sample_range[1] + 1, int(few.sum()))
     offsets = np.r_[0, np.cumsum(sizes)]
     users = user_index(offsets)
     n = int(offsets[-1])

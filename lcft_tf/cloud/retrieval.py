@@ -1,0 +1,302 @@
+"""CoDA coarse matching in the cloud: for each user, the K samples of *other*
+users most similar to the user's local data (faiss; docs/coda.md).
+
+* :func:`sample_embeddings` — a fixed-size vector per sample computed in
+  numpy from the cloud model's frozen embedding tables: per field (candidate
+  item, category, mean-pooled positive / negative history, ...) the
+  table row, each field L2-normalised, concatenated, L2-normalised again, so
+  an inner product is a cosine similarity with equal weight per field.
+* :func:`retrieve` — the pool is every *train* sample of the dataset (test
+  samples never enter), optionally a seeded subsample; each user queries
+  once with the normalised mean of its train embeddings, over-fetches by the
+  number of its own pool samples and drops them, so its K results are other
+  users' train samples only. Results are re-sorted by (score desc, sample
+  index asc), so ties never depend on faiss internals.
+* :class:`Retrieval` — ``ids`` [U, K] global sample indices (-1 padded) and
+  ``scores`` [U, K]; saved as safetensors (no pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
+
+from lcft_tf._io import atomic_write
+from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.features import SequenceFeature, SparseFeature
+from lcft_tf.models.base import CTRModel
+
+log = logging.getLogger(__name__)
+
+INDEXES = ("flat", "ivf", "hnsw")
+USER_FEATURE = "user_id"  # left out of the embedding: it identifies the user, not the sample
+RETRIEVAL_FORMAT = "lcft-retrieval-v1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    k: int = 100
+    index: str = "flat"  # exact inner product; "ivf" / "hnsw" for large pools (approximate)
+    pool_size: int | None = None  # a seeded subsample of the train samples; None: all
+    fields: tuple[str, ...] | None = None  # None: every sparse / sequence feature but user_id
+    seed: int = 0
+    threads: int = 0  # faiss OpenMP threads; 0: leave faiss's default
+    ivf_lists: int = 1024
+    ivf_probe: int = 16
+    hnsw_m: int = 32
+    hnsw_ef_search: int = 128
+
+    def __post_init__(self) -> None:
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.index not in INDEXES:
+            raise ValueError(f"index must be one of {INDEXES}, got {self.index!r}")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
+        if min(self.ivf_lists, self.ivf_probe, self.hnsw_m, self.hnsw_ef_search) < 1 or self.threads < 0:
+            raise ValueError("ivf_lists, ivf_probe, hnsw_m, hnsw_ef_search must be >= 1 and threads >= 0")
+
+
+# -- embeddings ------------------------------------------------------------------
+def embedding_fields(model: CTRModel, fields: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The features that make up the sample embedding (see the module doc)."""
+    spec = model.spec
+    if not model.tables:
+        raise ValueError(f"model {model.name!r} has no embedding tables to embed samples with")
+    if fields is None:
+        fields = tuple(f.name for f in spec.sparse + spec.sequences if f.name != USER_FEATURE)
+    bad = [n for n in fields if n not in spec.names or not isinstance(spec[n], (SparseFeature, SequenceFeature))]
+    if bad or not fields:
+        raise ValueError(f"embedding fields must be sparse or sequence features of the spec, got {list(fields)}")
+    return tuple(fields)
+
+
+def embedding_tables(model: CTRModel, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The frozen tables the fields read, as numpy (what a device also holds)."""
+    return {model.spec[n].table: np.asarray(model.tables[model.spec[n].table].embeddings.numpy()) for n in fields}
+
+
+def sample_embeddings(
+    model: CTRModel,
+    features: dict[str, np.ndarray],
+    fields: tuple[str, ...] | None = None,
+    tables: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """[N, len(fields) * d] float32, unit-norm rows (zero fields stay zero).
+
+    Out-of-range ids read the out-of-vocabulary row, as inside the model.
+    """
+    fields = embedding_fields(model, fields)
+    tables = tables if tables is not None else embedding_tables(model, fields)
+    parts = []
+    for name in fields:
+        f = model.spec[name]
+        table = tables[f.table]
+        ids = np.asarray(features[name])
+        ids = np.where((ids < 0) | (ids >= f.vocab_size), f.vocab_size, ids)
+        if isinstance(f, SequenceFeature):
+            mask = (np.asarray(features[name]) != f.padding_id).astype(np.float32)
+            summed = np.einsum("nl,nld->nd", mask, table[ids])
+            vec = summed / np.maximum(mask.sum(1, keepdims=True), 1.0)
+        else:
+            vec = table[ids]
+        parts.append(_unit_rows(vec.astype(np.float32)))
+    return _unit_rows(np.concatenate(parts, axis=1))
+
+
+def dataset_embeddings(
+    model: CTRModel, dataset: CTRDataset, fields: tuple[str, ...] | None = None, chunk: int = 100_000
+) -> np.ndarray:
+    """:func:`sample_embeddings` of every sample of ``dataset`` (in chunks)."""
+    fields = embedding_fields(model, fields)
+    tables = embedding_tables(model, fields)
+    n = dataset.num_samples
+    out = np.empty((n, len(fields) * model.embedding_dim), np.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        feats = {k: np.asarray(v[start:stop]) for k, v in dataset.features.items() if k in fields}
+        out[start:stop] = sample_embeddings(model, feats, fields, tables)
+    return out
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
+# -- retrieval -------------------------------------------------------------------
+@dataclasses.dataclass
+class Retrieval:
+    """Per user: the retrieved samples' global indices (best first, -1 padded)."""
+
+    ids: np.ndarray  # [U, K] int64
+    scores: np.ndarray  # [U, K] float32, inner product; 0 where ids == -1
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def user(self, u: int) -> np.ndarray:
+        """User ``u``'s retrieved sample indices (padding dropped)."""
+        row = self.ids[u]
+        return row[row >= 0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = {"format": RETRIEVAL_FORMAT, "stats": json.dumps(self.stats, default=str)}
+        atomic_write(path, safetensors_bytes({"ids": self.ids, "scores": self.scores}, metadata=meta))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Retrieval":
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError, ValueError) as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not a readable retrieval file ({err})") from None
+        if meta.get("format") != RETRIEVAL_FORMAT or set(arrays) != {"ids", "scores"}:
+            raise ValueError(f"{path}: not a retrieval file (format {meta.get('format')!r}, tensors {sorted(arrays)})")
+        ids, scores = arrays["ids"], arrays["scores"]
+        if ids.dtype != np.int64 or ids.ndim != 2 or scores.shape != ids.shape:
+            raise ValueError(f"{path}: ids must be int64 [U, K] with scores of the same shape")
+        return cls(ids=ids, scores=scores, stats=json.loads(meta.get("stats", "{}")))
+
+
+class _PeakRSS:
+    """Samples this process's resident memory (psutil) in a thread; ``peak``
+    is the highest value seen while the block ran; ``cpu_seconds`` the
+    process CPU time (user + system) it used."""
+
+    def __init__(self, interval: float = 0.05):
+        import psutil
+
+        self._process, self._interval = psutil.Process(), interval
+        self._stop = threading.Event()
+        self.start = self.peak = self._process.memory_info().rss
+        self.cpu_start = sum(self._process.cpu_times()[:2])
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> "_PeakRSS":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+        self.cpu_seconds = sum(self._process.cpu_times()[:2]) - self.cpu_start
+
+
+def retrieve(
+    embeddings: np.ndarray,
+    offsets: np.ndarray,
+    split: np.ndarray,
+    config: RetrievalConfig | None = None,
+) -> Retrieval:
+    """Top-K other users' train samples for every user (module doc).
+
+    ``embeddings`` [N, D] are unit rows of every sample, ``offsets`` /
+    ``split`` the dataset's user blocks and train/test split (see
+    :class:`CTRDataset`). Users without train samples get no results.
+    """
+    import faiss
+
+    config = config or RetrievalConfig()
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    offsets, split = np.asarray(offsets, np.int64), np.asarray(split, np.int64)
+    num_users = len(offsets) - 1
+    if embeddings.ndim != 2 or len(embeddings) != offsets[-1]:
+        raise ValueError(f"embeddings must be [num_samples={offsets[-1]}, D], got {embeddings.shape}")
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError("embeddings contain NaN or inf")
+    if len(split) != num_users or np.any(split < offsets[:-1]) or np.any(split > offsets[1:]):
+        raise ValueError("split must hold one index per user inside the user's block")
+    k = config.k
+    ids = np.full((num_users, k), -1, np.int64)
+    scores = np.zeros((num_users, k), np.float32)
+    if config.threads:
+        faiss.omp_set_num_threads(config.threads)
+
+    with _PeakRSS() as memory:
+        began = time.perf_counter()
+        user_of = np.repeat(np.arange(num_users), np.diff(offsets))
+        pool = np.flatnonzero(np.arange(len(embeddings)) < split[user_of])  # train samples only
+        if config.pool_size is not None and config.pool_size < len(pool):
+            rng = np.random.default_rng(config.seed)
+            pool = np.sort(rng.choice(pool, config.pool_size, replace=False))
+        # Pool rows are in (user, time) order, so a user's own rows are one range.
+        pool_user = user_of[pool]
+        own_lo = np.searchsorted(pool_user, np.arange(num_users), "left")
+        own_hi = np.searchsorted(pool_user, np.arange(num_users), "right")
+        local = split - offsets[:-1]
+        queried = np.flatnonzero(local > 0)
+        if k and len(queried) and len(pool):
+            # Mean of each user's train embeddings: even segments of reduceat
+            # over [offset, split, offset, split, ...] (a last split == N is implied).
+            bounds = np.stack([offsets[queried], split[queried]], 1).ravel()
+            bounds = bounds[:-1] if bounds[-1] == len(embeddings) else bounds
+            query = _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
+            index = _build_index(faiss, pool, embeddings, config)
+            fetch = k + (own_hi - own_lo)[queried]  # own rows may all rank first
+            buckets = _bucket(fetch)
+            for size in np.unique(buckets):  # batched searches by fetch size
+                rows = np.flatnonzero(buckets == size)
+                if config.index == "hnsw":
+                    index.hnsw.efSearch = max(config.hnsw_ef_search, int(size))
+                found_scores, found = index.search(query[rows], int(min(size, len(pool))))
+                for r, s_row, f_row in zip(queried[rows], found_scores, found):
+                    keep = (f_row >= 0) & ((f_row < own_lo[r]) | (f_row >= own_hi[r]))
+                    f_row, s_row = f_row[keep], s_row[keep]
+                    order = np.lexsort((pool[f_row], -s_row))[:k]
+                    ids[r, : len(order)] = pool[f_row[order]]
+                    scores[r, : len(order)] = s_row[order]
+        seconds = time.perf_counter() - began
+    stats = {
+        "seconds": seconds,
+        "cpu_seconds": memory.cpu_seconds,  # user + system, all threads: a fairer cost on a shared machine
+        "peak_rss_bytes": int(memory.peak),
+        "peak_rss_added_bytes": int(memory.peak - memory.start),
+        "pool_size": int(len(pool)),
+        "users": int(num_users),
+        "users_queried": int(len(queried)),
+        "short_users": int(np.sum((ids[queried] < 0).any(1))) if k else 0,
+        "config": dataclasses.asdict(config),
+    }
+    log.info("retrieval: %d users, pool %d, K=%d in %.1f s (peak RSS +%.0f MiB)", num_users, len(pool), k,
+             seconds, stats["peak_rss_added_bytes"] / 2**20)
+    return Retrieval(ids=ids, scores=scores, stats=stats)
+
+
+def _bucket(fetch: np.ndarray) -> np.ndarray:
+    """Round fetch sizes up to a power of two: few distinct batched searches."""
+    return 1 << np.ceil(np.log2(np.maximum(fetch, 1))).astype(np.int64)
+
+
+def _build_index(faiss, pool: np.ndarray, embeddings: np.ndarray, config: RetrievalConfig):
+    """A faiss inner-product index over the pool rows (row i = pool[i])."""
+    d = embeddings.shape[1]
+    vectors = np.ascontiguousarray(embeddings[pool])
+    if config.index == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif config.index == "hnsw":
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = config.hnsw_ef_search
+    else:
+        lists = max(1, min(config.ivf_lists, len(pool) // 39))  # faiss wants >= 39 points per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = config.seed
+        index.train(vectors)
+        index.nprobe = min(config.ivf_probe, lists)
+    index.add(vectors)
+    return index

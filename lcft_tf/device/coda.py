@@ -1,0 +1,183 @@
+"""CoDA on one device: fine matching of the retrieved samples, then
+fine-tuning the CTR model on local + kept samples (docs/coda.md).
+
+Per user, given the samples the cloud retrieved for it
+(:func:`lcft_tf.cloud.retrieval.retrieve`):
+
+1. the sample classifier (its own ``.tflite``, restored to its initial
+   state) trains on local samples (label 1) against retrieved samples
+   (label 0), classes balanced by ``sample_weight``, in a seeded order;
+2. it scores the retrieved samples; the keep rule (threshold on the
+   probability, or the top fraction) picks the local-like ones;
+3. the CTR model restores the cloud weights and fine-tunes on the kept
+   samples (retrieval rank order) followed by the local samples (time
+   order), with raw labels (``coda``) or corrected labels over that whole
+   set (``coda_lcft``: soft2 with ``w`` = its click rate), then predicts the
+   user's test samples. ``retrieval_only`` keeps every retrieved sample.
+
+With no retrieved sample, every method is exactly Local (or Soft2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from lcft_tf.cloud.retrieval import USER_FEATURE
+from lcft_tf.correction import METHODS as CORRECTIONS
+from lcft_tf.device.model import OnDeviceModel
+from lcft_tf.models.sample_classifier import EMBEDDING_FEATURE
+
+KEEP_RULES = ("threshold", "fraction")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodaConfig:
+    use_classifier: bool = True  # False: keep every retrieved sample (retrieval_only)
+    keep: str = "threshold"  # "threshold": probability >= keep_value; "fraction": top keep_value share
+    keep_value: float = 0.5
+    classifier_epochs: int = 10
+    classifier_lr: float | None = None  # None: the classifier file's default
+    correction: str | None = None  # None (raw labels) or a correction method, e.g. "soft2"
+    adopt_user_id: bool = True  # kept samples carry the local user's id (docs/coda.md)
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP_RULES:
+            raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
+        if not 0.0 <= self.keep_value <= 1.0:
+            raise ValueError(f"keep_value must be in [0, 1], got {self.keep_value!r}")
+        if self.classifier_epochs < 1:
+            raise ValueError(f"classifier_epochs must be >= 1, got {self.classifier_epochs}")
+        if self.classifier_lr is not None and (not np.isfinite(self.classifier_lr) or self.classifier_lr < 0):
+            raise ValueError(f"classifier_lr must be finite and >= 0, got {self.classifier_lr!r}")
+        if self.correction is not None and self.correction not in CORRECTIONS:
+            raise ValueError(f"correction must be None or one of {CORRECTIONS}, got {self.correction!r}")
+
+
+METHOD_CONFIGS = {
+    "coda": CodaConfig(),
+    "coda_lcft": CodaConfig(correction="soft2"),
+    "retrieval_only": CodaConfig(use_classifier=False),
+}
+
+
+def method_config(method: str, **overrides: Any) -> CodaConfig:
+    """The :class:`CodaConfig` of fleet method ``coda`` / ``coda_lcft`` /
+    ``retrieval_only``, with option overrides (e.g. ``keep_value=0.7``)."""
+    if method not in METHOD_CONFIGS:
+        raise ValueError(f"unknown CoDA method {method!r}; choose from {sorted(METHOD_CONFIGS)}")
+    return dataclasses.replace(METHOD_CONFIGS[method], **overrides)
+
+
+@dataclasses.dataclass
+class CodaResult:
+    predictions: np.ndarray  # [num_test] click probabilities
+    kept: int  # retrieved samples used for fine-tuning
+    probabilities: np.ndarray | None  # [K] classifier's local-likeness of each retrieved sample
+
+
+def select_retrieved(
+    classifier: OnDeviceModel,
+    classifier_state: dict[str, np.ndarray],
+    local_embeddings: np.ndarray,
+    retrieved_embeddings: np.ndarray,
+    config: CodaConfig,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fine matching: ``(keep mask [K], probability [K])`` of the retrieved samples."""
+    local = _matrix("local_embeddings", local_embeddings)
+    retrieved = _matrix("retrieved_embeddings", retrieved_embeddings)
+    dim = classifier.spec[EMBEDDING_FEATURE].dim
+    if local.shape[1] != dim or retrieved.shape[1] != dim:
+        raise ValueError(f"embeddings must be {dim}-d for this classifier, got {local.shape[1]} and {retrieved.shape[1]}")
+    n_local, k = len(local), len(retrieved)
+    if k == 0:
+        return np.zeros(0, bool), np.zeros(0, np.float32)
+    if n_local == 0:
+        raise ValueError("fine matching needs at least one local sample")
+    x = np.concatenate([local, retrieved])
+    y = np.r_[np.ones(n_local, np.float32), np.zeros(k, np.float32)]
+    # Balanced classes: each class carries half the loss (mean weight 1).
+    w = np.r_[np.full(n_local, (n_local + k) / (2 * n_local)), np.full(k, (n_local + k) / (2 * k))].astype(np.float32)
+    classifier.restore(classifier_state)
+    rng = np.random.default_rng(seed)
+    for _ in range(config.classifier_epochs):
+        order = rng.permutation(len(x))
+        classifier.train({EMBEDDING_FEATURE: x[order]}, y[order], w[order], learning_rate=config.classifier_lr)
+    probability = classifier.infer({EMBEDDING_FEATURE: retrieved})
+    if config.keep == "threshold":
+        keep = probability >= config.keep_value
+    else:
+        top = np.argsort(-probability, kind="stable")[: int(np.ceil(config.keep_value * k))]
+        keep = np.zeros(k, bool)
+        keep[top] = True
+    return keep, probability
+
+
+def coda_fine_tune_and_predict(
+    device: OnDeviceModel,
+    cloud_state: dict[str, np.ndarray],
+    train_features: dict[str, np.ndarray],
+    train_labels: np.ndarray,
+    test_features: dict[str, np.ndarray],
+    retrieved_features: dict[str, np.ndarray],
+    retrieved_labels: np.ndarray,
+    learning_rate: float,
+    epochs: int,
+    config: CodaConfig,
+    classifier: OnDeviceModel | None = None,
+    classifier_state: dict[str, np.ndarray] | None = None,
+    local_embeddings: np.ndarray | None = None,
+    retrieved_embeddings: np.ndarray | None = None,
+    seed: int = 0,
+) -> CodaResult:
+    """One user's CoDA test predictions (module doc). ``retrieved_*`` are the
+    user's K retrieved samples in rank order (K may be 0); the embeddings and
+    the classifier are needed only when ``config.use_classifier``."""
+    train_features = device.spec.validate(train_features)
+    train_labels = np.asarray(train_labels).reshape(-1)
+    k = len(np.asarray(retrieved_labels).reshape(-1))
+    retrieved_labels = np.asarray(retrieved_labels).reshape(-1)
+    if k:
+        retrieved_features = device.spec.validate(retrieved_features)
+        if len(next(iter(retrieved_features.values()))) != k:
+            raise ValueError(f"retrieved features and labels differ in rows ({k} labels)")
+    probability = None
+    if k and config.use_classifier:
+        if classifier is None or classifier_state is None or local_embeddings is None or retrieved_embeddings is None:
+            raise ValueError("the classifier, its state and the local / retrieved embeddings are needed for fine matching")
+        if len(retrieved_embeddings) != k or len(local_embeddings) != len(train_labels):
+            raise ValueError("one embedding per local and per retrieved sample is needed")
+        keep, probability = select_retrieved(
+            classifier, classifier_state, local_embeddings, retrieved_embeddings, config, seed
+        )
+    else:
+        keep = np.ones(k, bool)
+    kept = int(keep.sum()) if len(train_labels) else 0  # no local data: nothing to augment
+    if kept:
+        extra = {name: value[keep] for name, value in retrieved_features.items()}
+        if config.adopt_user_id and USER_FEATURE in extra:
+            extra[USER_FEATURE] = np.full(kept, train_features[USER_FEATURE][0], extra[USER_FEATURE].dtype)
+        features = {name: np.concatenate([extra[name], train_features[name]]) for name in train_features}
+        labels = np.concatenate([retrieved_labels[keep], train_labels])
+    else:
+        features, labels = train_features, train_labels
+    if len(labels) and config.correction not in (None, "none"):
+        labels = device.correct(labels, config.correction)  # w: click rate of the whole set (docs/coda.md)
+    elif len(labels):
+        labels = labels.astype(np.float32)
+    from lcft_tf.device.fleet import fine_tune_and_predict  # here: fleet will import this module
+
+    predictions = fine_tune_and_predict(device, cloud_state, features, labels, test_features, learning_rate, epochs)
+    return CodaResult(predictions=predictions, kept=kept, probabilities=probability)
+
+
+def _matrix(name: str, value: Any) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if value.ndim != 2:
+        raise ValueError(f"{name} must be a [N, D] matrix, got shape {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return value
