@@ -286,7 +286,7 @@ def test_write_report_with_unknown_methods(tmp_path):
     summary = summarize({"lr": runs}, 0.35, methods, stayed_tolerance=1e-4, resamples=100)
     paths = write_report(tmp_path, {"title": "T", "dataset": "synthetic", "notes": ["a note"]}, summary)
     assert [p.name for p in paths] == ["report.md", "fig1_local_ctr.png", "fig2_auc_by_drift.png",
-                                       "fig3_user_changes.png"]
+                                       "fig3_user_changes.png", "fig4_gain_by_local_samples.png"]
     text = (tmp_path / "report.md").read_text()
     for label in ("CoDA", "CoDA + LCFT", "Retrieval only", "mystery_method"):
         assert f"| {label} |" in text
@@ -296,3 +296,13 @@ def test_write_report_with_unknown_methods(tmp_path):
     assert "are in no group: lr: 5." in text
     for p in paths[1:]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_users_are_grouped_by_local_sample_count():
+    from lcft_tf.evaluation.report import local_sample_groups
+
+    group, groups = local_sample_groups(np.array([0, 3, 5, 9, 10, 25, 250, 199]))
+    assert group.tolist() == [0, 0, 1, 1, 2, 3, 6, 5]
+    assert [g["label"] for g in groups] == ["0–4", "5–9", "10–19", "20–49", "50–99", "100–199", "≥ 200"]
+    with pytest.raises(ValueError, match="start at 0"):
+        local_sample_groups(np.array([1]), (1, 5))

@@ -33,7 +33,22 @@ DRIFT_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 1.0)
 STAYED_TOLERANCE = 1e-6  # |AUC change| up to this counts as "stayed" (float rounding only)
 _RATIO_MATCH = 1e-9  # a train local CTR must equal 1 / (1 + r) this closely
 _MAX_VALUE_GROUPS = 50
-FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png")
+# Users grouped by their number of local (train) samples: where CoDA's
+# augmentation should matter most (docs/coda.md). Right edges exclusive.
+LOCAL_SAMPLE_EDGES = (0, 5, 10, 20, 50, 100, 200)
+FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png", "fig4_gain_by_local_samples.png")
+
+
+def local_sample_groups(num_train: np.ndarray, edges: Sequence[int] = LOCAL_SAMPLE_EDGES):
+    """Group index of every user by local sample count, and the groups
+    (``[e_j, e_{j+1})``, the last one open-ended)."""
+    edges = np.asarray(edges, dtype=np.int64)
+    if len(edges) < 1 or edges[0] != 0 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"local sample edges must start at 0 and increase, got {list(edges)}")
+    group = np.searchsorted(edges, np.asarray(num_train), side="right") - 1
+    groups = [{"label": f"{lo}–{hi - 1}" if hi is not None else f"≥ {lo}", "local_samples": [int(lo), None if hi is None else int(hi)]}
+              for lo, hi in zip(edges, [*edges[1:].tolist(), None])]
+    return group, groups
 
 
 def method_label(method: str) -> str:
@@ -134,6 +149,7 @@ def summarize(
     resamples: int = 2000,
     confidence: float = 0.95,
     bootstrap_seed: int = 0,
+    local_sample_edges: Sequence[int] = LOCAL_SAMPLE_EDGES,
 ) -> dict[str, Any]:
     """Every number of the report, JSON-ready (NaN -> None).
 
@@ -155,7 +171,7 @@ def summarize(
         raise ValueError("no runs to summarize")
     comparisons = _comparisons(methods)
     models = {str(model): _summarize_model(str(model), seeds, global_ctr, methods, comparisons, grouping,
-                                           stayed_tolerance, resamples, confidence, bootstrap_seed)
+                                           stayed_tolerance, resamples, confidence, bootstrap_seed, local_sample_edges)
               for model, seeds in runs.items()}
     summary = {
         "methods": methods,
@@ -203,7 +219,8 @@ def _per_user(results, methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return values, count
 
 
-def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, grouping, tolerance, resamples, confidence, boot_seed):
+def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, grouping, tolerance, resamples, confidence,
+                     boot_seed, local_sample_edges=LOCAL_SAMPLE_EDGES):
     seeds = sorted(seed_runs)
     if not seeds:
         raise ValueError(f"model {model} has no seeds")
@@ -267,21 +284,25 @@ def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, groupin
         gains[f"vs_{b}"][m]["std_over_seeds"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
     out["gains"] = gains
 
-    out["groups"] = []
-    for g, description in enumerate(groups):
-        mask = group == g
-        entry = {
-            **description,
-            "users": int(mask.sum()),
-            "users_used": int((mask & used).sum()),
-            "auc": {
-                m: float(np.mean([weighted_user_mean(np.where(mask, auc[k, i], np.nan), count).value
-                                  for k in range(len(seeds))]))
-                for i, m in enumerate(methods)
-            },
-            "gains": gains_for(mask),
-        }
-        out["groups"].append(entry)
+    def group_entries(group: np.ndarray, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        entries = []
+        for g, description in enumerate(groups):
+            mask = group == g
+            entries.append({
+                **description,
+                "users": int(mask.sum()),
+                "users_used": int((mask & used).sum()),
+                "auc": {
+                    m: float(np.mean([weighted_user_mean(np.where(mask, auc[k, i], np.nan), count).value
+                                      for k in range(len(seeds))]))
+                    for i, m in enumerate(methods)
+                },
+                "gains": gains_for(mask),
+            })
+        return entries
+
+    out["groups"] = group_entries(group, groups)
+    out["groups_by_local_samples"] = group_entries(*local_sample_groups(first.num_train, local_sample_edges))
 
     changes: dict[str, dict[str, Any]] = {}
     for b, m in comparisons:
@@ -368,18 +389,25 @@ def gain_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def group_table(summary: Mapping[str, Any], base: str) -> str:
-    """Gain over ``base`` per user group (drift bucket or negative ratio)."""
+def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> str:
+    """Gain over ``base`` per user group: drift bucket or negative ratio
+    (``key="groups"``), or local sample count (``"groups_by_local_samples"``)."""
     columns = [(base, m) for m in summary["comparisons"][base]]
-    what = "drift abs(w_i − w_g)" if summary["grouping"]["kind"] == "drift" else "negative ratio r"
+    what = _group_axis(summary, key)
     lines = ["| model | " + what + " | users | " + " | ".join(f"{method_label(m)} vs {method_label(b)}"
                                                         for b, m in columns) + " |",
              "|" + "---|" * (len(columns) + 3)]
     for model, entry in summary["models"].items():
-        for g in entry["groups"]:
+        for g in entry[key]:
             cells = [_gain_cell(g["gains"].get(f"vs_{b}", {}).get(m)) for b, m in columns]
             lines.append(f"| {model} | {g['label']} | {g['users']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _group_axis(summary: Mapping[str, Any], key: str) -> str:
+    if key == "groups_by_local_samples":
+        return "local samples"
+    return "drift abs(w_i − w_g)" if summary["grouping"]["kind"] == "drift" else "negative ratio r"
 
 
 def change_table(summary: Mapping[str, Any]) -> str:
@@ -442,6 +470,15 @@ def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], f
         for base in summary["comparisons"]:
             lines += [f"Gain over {method_label(base)}:", "", group_table(summary, base), ""]
         lines += [
+            "## Gain by number of local samples",
+            "",
+            "Users grouped by their number of local (train) samples, where augmentation (CoDA) should matter most; "
+            f"mean over seeds, {level} paired bootstrap intervals within each group.",
+            "",
+        ]
+        for base in summary["comparisons"]:
+            lines += [f"Gain over {method_label(base)}:", "", group_table(summary, base, "groups_by_local_samples"), ""]
+        lines += [
             "## Users whose AUC rose, stayed or fell",
             "",
             f"Per user, AUC of the method minus AUC of the baseline on the same seed; \"stayed\" = the change is at most "
@@ -456,7 +493,7 @@ def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], f
         lines += [f"![{Path(name).stem}]({name})" for name in figures]
         lines += [
             "",
-            "Fig. 2 and Fig. 3 show the same numbers as the tables (means over seeds). In Fig. 2 each method is "
+            "Figs. 2–4 show the same numbers as the tables (means over seeds). In Figs. 2 and 4 each method is "
             "drawn slightly shifted sideways with its own marker and line style, so methods with equal values stay "
             "visible.",
         ]
@@ -500,9 +537,10 @@ def figure_local_ctr(summary: Mapping[str, Any]):
     return fig
 
 
-def figure_gain_by_group(summary: Mapping[str, Any]):
-    """Fig. 2: per model (rows) and baseline (columns), each method's gain per
-    user group, mean over seeds, with the bootstrap interval as error bars."""
+def figure_gain_by_group(summary: Mapping[str, Any], key: str = "groups", number: int = 2):
+    """Fig. 2 (or 4 for ``key="groups_by_local_samples"``): per model (rows)
+    and baseline (columns), each method's gain per user group, mean over
+    seeds, with the bootstrap interval as error bars."""
     import matplotlib.pyplot as plt
 
     models = summary["models"]
@@ -510,12 +548,13 @@ def figure_gain_by_group(summary: Mapping[str, Any]):
     if not baselines:
         raise ValueError("Fig. 2 needs a 'cloud' or 'local' method to compare against")
     level = f"{summary['bootstrap']['confidence']:.0%}"
-    what = "|w_i − w_g| (drift)" if summary["grouping"]["kind"] == "drift" else "negative sampling ratio r"
+    what = {"groups_by_local_samples": "local (train) samples"}.get(
+        key, "|w_i − w_g| (drift)" if summary["grouping"]["kind"] == "drift" else "negative sampling ratio r")
     fig, axes = plt.subplots(len(models), len(baselines), figsize=(6.5 * len(baselines), 4.2 * len(models)),
                              squeeze=False)
     styles = method_styles(summary["methods"])
     for row, (model, entry) in enumerate(models.items()):
-        groups = entry["groups"]
+        groups = entry[key]
         x = np.arange(len(groups), dtype=float)
         for col, base in enumerate(baselines):
             ax = axes[row][col]
@@ -532,7 +571,7 @@ def figure_gain_by_group(summary: Mapping[str, Any]):
             ax.set_xticks(x, [f"{g['label']}\n{g['users']} users" for g in groups], fontsize=7)
             ax.set_xlabel(what)
             ax.set_ylabel(f"user-weighted AUC − {method_label(base)}")
-            ax.set_title(f"Fig. 2: {model}, gain over {method_label(base)}\n"
+            ax.set_title(f"Fig. {number}: {model}, gain over {method_label(base)} by {what}\n"
                          f"mean of {len(entry['seeds'])} seed(s); bars: {level} paired bootstrap CI", fontsize=9)
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
@@ -590,4 +629,5 @@ def plot_figures(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> list
     if summary["comparisons"]:
         paths.append(_save(figure_gain_by_group(summary), out_dir / FIGURES[1]))
         paths.append(_save(figure_user_changes(summary), out_dir / FIGURES[2]))
+        paths.append(_save(figure_gain_by_group(summary, "groups_by_local_samples", 4), out_dir / FIGURES[3]))
     return paths
