@@ -33,10 +33,13 @@ class UsageError(ValueError):
 
 # -- the flags of each command, from the configs --------------------------------
 def _run_groups() -> list[FlagGroup]:
+    from lcft_tf.cloud.coda import ClassifierConfig
     from lcft_tf.cloud.export import ExportConfig
     from lcft_tf.cloud.hard import HardSearchConfig
+    from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.data.synthetic import SyntheticConfig
+    from lcft_tf.device.coda import CodaConfig
     from lcft_tf.device.fleet import FleetConfig
     from lcft_tf.experiment import ExperimentConfig
 
@@ -72,6 +75,14 @@ def _run_groups() -> list[FlagGroup]:
         FlagGroup(HardSearchConfig, prefix="hard_", exclude=("seed",),
                   help={"edges": "local-CTR interval edges of the hard table.",
                         "users_per_group": "users sampled per CTR interval for the hard grid search."}),
+        FlagGroup(RetrievalConfig, prefix="retrieval_", exclude=("seed",),
+                  help={"k": "CoDA: samples the cloud retrieves per user.",
+                        "index": "CoDA: faiss index, flat (exact), ivf or hnsw.",
+                        "pool_size": "CoDA: a seeded subsample of the train samples to retrieve from (default all)."}),
+        FlagGroup(ClassifierConfig, prefix="classifier_"),
+        FlagGroup(CodaConfig, prefix="coda_", exclude=("use_classifier", "correction"),
+                  help={"keep": "CoDA: keep retrieved samples by 'threshold' or top 'fraction'.",
+                        "keep_value": "CoDA: the probability threshold, or the kept fraction."}),
     ]
 
 
@@ -179,16 +190,18 @@ def _all_models(names) -> tuple[str, ...]:
 def run_command(spec: dict) -> None:
     from lcft_tf.experiment import run_experiment
 
-    experiment, synthetic, cloud, fleet, export, hard = spec["groups"]
+    experiment, synthetic, cloud, fleet, export, hard, retrieval, classifier, coda = spec["groups"]
     config = experiment.build(
         FLAGS,
         models=_all_models(FLAGS.models),
         data_options=_data_options(FLAGS.dataset, spec["data"]),
         synthetic=synthetic.build(FLAGS),
         cloud=cloud.build(FLAGS),
-        fleet=fleet.build(FLAGS),
+        fleet=fleet.build(FLAGS, coda=coda.build(FLAGS)),
         export=export.build(FLAGS),
         hard=hard.build(FLAGS),
+        retrieval=retrieval.build(FLAGS),
+        classifier=classifier.build(FLAGS),
     )
     spec["resume_hint"] = f"python -m lcft_tf run --resume --name {config.run_name} (with the same flags)"
     results = run_experiment(config)

@@ -6,6 +6,7 @@
 * ``dataset/``                 the dataset, memory-mappable by the workers
 * ``<model>_seed<k>/cloud/``   ``<model>.keras``
 * ``<model>_seed<k>/hard/``    the hard-table grid search (its own export + ``hard.json``)
+* ``<model>_seed<k>/coda/``    CoDA's embeddings, retrieval and sample classifier
 * ``<model>_seed<k>/export/``  ``<model>.tflite`` + ``.json`` (with the hard table)
 * ``<model>_seed<k>/fleet/``   per-chunk results + manifest (resumable)
 * ``results.json``             every number, the config and the stage hashes
@@ -32,12 +33,14 @@ import numpy as np
 
 from lcft_tf import __version__
 from lcft_tf._io import atomic_write, to_json
+from lcft_tf.cloud.coda import ClassifierConfig
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.hard import HardSearchConfig
+from lcft_tf.cloud.retrieval import RetrievalConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig
-from lcft_tf.device.fleet import METHODS, FleetConfig, simulate
+from lcft_tf.device.fleet import CODA_METHODS, DEFAULT_METHODS, FleetConfig, simulate
 from lcft_tf.evaluation.report import Grouping, auc_table, summarize, write_report
 from lcft_tf.stages import ConfigChangedError, RunLock, Stage, canonical, changed_fields, config_hash
 
@@ -60,7 +63,7 @@ class ExperimentConfig:
     synthetic: SyntheticConfig = SyntheticConfig()
     max_users: int | None = None  # a seeded random sample of users, for quick runs
     models: tuple[str, ...] = ("din", "wide_deep")
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     seeds: tuple[int, ...] = (0,)
     cloud: CloudConfig = CloudConfig()
     fleet: FleetConfig = FleetConfig()
@@ -68,6 +71,10 @@ class ExperimentConfig:
     # How the device step is compiled (batch, optimizer); its learning rate
     # is the fleet's and its global CTR the dataset's.
     export: ExportConfig = ExportConfig()
+    # CoDA's cloud side (used when a CoDA method runs): retrieval and the
+    # sample classifier every device starts from.
+    retrieval: RetrievalConfig = RetrievalConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     output_dir: str = "runs"
     name: str | None = None
     resume: bool = False
@@ -87,6 +94,10 @@ class ExperimentConfig:
             raise ValueError(f"methods must include 'cloud' (every gain is measured against it), got {list(self.methods)}")
         if self.max_users is not None and self.max_users < 1:
             raise ValueError(f"max_users must be >= 1, got {self.max_users}")
+        coda = [m for m in self.methods if m in CODA_METHODS]
+        flat = [m for m in self.models if not REGISTRY[m].needs_embeddings]
+        if coda and flat:
+            raise ValueError(f"CoDA ({', '.join(coda)}) retrieves with the model's embeddings; {', '.join(flat)} has none")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, methods=tuple(self.methods)))
@@ -151,8 +162,15 @@ def plan_stages(config: ExperimentConfig, out: Path) -> dict[str, Stage]:
                 hard_hash = hard.hash
             exported = Stage(f"{run}/export", out / run / "export", {"cloud": cloud.hash, "hard": hard_hash, "export": export})
             stages[exported.name] = exported
+            coda_hash = None
+            if any(m in CODA_METHODS for m in config.methods):
+                coda = Stage(f"{run}/coda", out / run / "coda", {
+                    "cloud": cloud.hash, "retrieval": dataclasses.replace(config.retrieval, seed=seed),
+                    "classifier": config.classifier})
+                stages[coda.name] = coda
+                coda_hash = coda.hash
             stages[f"{run}/fleet"] = Stage(f"{run}/fleet", out / run / "fleet", {
-                "export": exported.hash, "dataset": stages["dataset"].hash, "fleet": fleet})
+                "export": exported.hash, "dataset": stages["dataset"].hash, "coda": coda_hash, "fleet": fleet})
     return stages
 
 
@@ -262,6 +280,18 @@ def _model_stages(model_name: str, seed: int, dataset: CTRDataset, config: Exper
         _fresh(exported.directory)
         export_tflite(model, path, _export_config(config, dataset.global_ctr, table))
         exported.commit([path.name, path.with_suffix(".json").name])
+
+    coda = stages.get(f"{run}/coda")
+    if coda is not None:
+        from lcft_tf.cloud.coda import FILES, prepare_coda
+
+        coda.inputs = {"cloud": _digest(cloud), "dataset": _digest(stages["dataset"])}
+        if rebuilt or not coda.reusable():
+            rebuilt = True
+            _fresh(coda.directory)
+            cost = prepare_coda(load(), dataset, coda.directory, config.retrieval, config.classifier, seed)
+            coda.commit(FILES, cost)
+        info["coda"] = coda.info()
     return path, info, rebuilt
 
 
@@ -298,7 +328,9 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
             run = f"{model_name}_seed{seed}"
             path, cloud_info, rebuilt = _model_stages(model_name, seed, dataset, config, stages, rebuilt_data)
             fleet_stage = stages[f"{run}/fleet"]
-            fleet_stage.inputs = {"export": _digest(stages[f"{run}/export"]), "dataset": _digest(stages["dataset"])}
+            coda = stages.get(f"{run}/coda")
+            fleet_stage.inputs = {"export": _digest(stages[f"{run}/export"]), "dataset": _digest(stages["dataset"]),
+                                  **({"coda": _digest(coda)} if coda else {})}
             fleet = simulate(
                 path,
                 stages["dataset"].directory,
@@ -306,6 +338,7 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
                 config.fleet,
                 resume=not rebuilt,  # chunks of an intact upstream are reused, after their checksums
                 executor=executor,
+                coda_dir=coda.directory if coda else None,
             )
             fleet_stage.commit(["fleet.json"], {"seconds": fleet.stats.get("seconds")})
             fleets.setdefault(model_name, {})[seed] = fleet

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -33,7 +33,9 @@ from safetensors.numpy import save as safetensors_bytes
 from lcft_tf._io import atomic_write
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.features import SequenceFeature, SparseFeature
-from lcft_tf.models.base import CTRModel
+
+if TYPE_CHECKING:  # fleet workers read retrievals without importing TensorFlow
+    from lcft_tf.models.base import CTRModel
 
 log = logging.getLogger(__name__)
 

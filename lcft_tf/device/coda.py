@@ -28,7 +28,6 @@ import numpy as np
 from lcft_tf.cloud.retrieval import USER_FEATURE
 from lcft_tf.correction import METHODS as CORRECTIONS
 from lcft_tf.device.model import OnDeviceModel
-from lcft_tf.models.sample_classifier import EMBEDDING_FEATURE
 
 KEEP_RULES = ("threshold", "fraction")
 
@@ -87,9 +86,10 @@ def select_retrieved(
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Fine matching: ``(keep mask [K], probability [K])`` of the retrieved samples."""
+    (feature,) = classifier.spec.names  # the classifier's one dense input (no TensorFlow import here)
     local = _matrix("local_embeddings", local_embeddings)
     retrieved = _matrix("retrieved_embeddings", retrieved_embeddings)
-    dim = classifier.spec[EMBEDDING_FEATURE].dim
+    dim = classifier.spec[feature].dim
     if local.shape[1] != dim or retrieved.shape[1] != dim:
         raise ValueError(f"embeddings must be {dim}-d for this classifier, got {local.shape[1]} and {retrieved.shape[1]}")
     n_local, k = len(local), len(retrieved)
@@ -105,8 +105,8 @@ def select_retrieved(
     rng = np.random.default_rng(seed)
     for _ in range(config.classifier_epochs):
         order = rng.permutation(len(x))
-        classifier.train({EMBEDDING_FEATURE: x[order]}, y[order], w[order], learning_rate=config.classifier_lr)
-    probability = classifier.infer({EMBEDDING_FEATURE: retrieved})
+        classifier.train({feature: x[order]}, y[order], w[order], learning_rate=config.classifier_lr)
+    probability = classifier.infer({feature: retrieved})
     if config.keep == "threshold":
         keep = probability >= config.keep_value
     else:

@@ -40,29 +40,37 @@ from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf._io import atomic_write, sha256, to_json
 from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.device.coda import METHOD_CONFIGS, CodaConfig, coda_fine_tune_and_predict, method_config
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
 from lcft_tf.validation import learning_rate
 
 log = logging.getLogger(__name__)
 
-METHODS = ("cloud", "local", "soft1", "soft2", "hard")
+# The one list of methods: Cloud, Local and LCFT's corrections, then CoDA's.
 CORRECTION = {"local": "none", "soft1": "soft1", "soft2": "soft2", "hard": "hard"}
+LCFT_METHODS = ("cloud", *CORRECTION)
+CODA_METHODS = tuple(METHOD_CONFIGS)
+METHODS = LCFT_METHODS + CODA_METHODS
+DEFAULT_METHODS = LCFT_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
 class FleetConfig:
-    methods: tuple[str, ...] = ("cloud", "local", "soft1", "soft2", "hard")
+    methods: tuple[str, ...] = DEFAULT_METHODS
     learning_rate: float = 0.01
     epochs: int = 1
     users_per_chunk: int = 32
     workers: int = 0  # 0: one per CPU core
     interpreter_threads: int = 1
+    # CoDA's device options (keep rule, classifier training); the methods
+    # set use_classifier / correction themselves (lcft_tf.device.coda).
+    coda: CodaConfig = CodaConfig()
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown fleet methods {unknown}; choose from {METHODS}")
+        if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"unknown or repeated fleet methods {list(self.methods)}; choose from {METHODS}")
         learning_rate(self.learning_rate)
         if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
             raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
@@ -151,7 +159,8 @@ def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str, in_child: bool = True) -> None:
+def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str, in_child: bool = True,
+                 coda_dir: str | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if in_child:
         exit_with_parent()
@@ -163,6 +172,34 @@ def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_d
         config=config,
         chunk_dir=Path(chunk_dir),
     )
+    if coda_dir is not None:
+        from lcft_tf.cloud.coda import CodaInputs
+
+        inputs = CodaInputs.load(coda_dir)
+        classifier = OnDeviceModel(inputs.classifier_path, num_threads=config.interpreter_threads)
+        _WORKER.update(coda=inputs, classifier=classifier, classifier_state=classifier.save())
+
+
+def _coda_config(method: str, base: CodaConfig) -> CodaConfig:
+    """The method's CoDA config: the user's options, the method's own
+    classifier / correction choice."""
+    own = {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name not in ("use_classifier", "correction")}
+    return method_config(method, **own)
+
+
+def _coda_predictions(method: str, u: int, view, config: FleetConfig) -> tuple[np.ndarray, int]:
+    """One user's CoDA test predictions and the number of kept samples."""
+    dataset: CTRDataset = _WORKER["dataset"]
+    inputs = _WORKER["coda"]
+    ids = inputs.retrieval.user(u)
+    first, split = int(dataset.offsets[u]), int(dataset.split[u])
+    result = coda_fine_tune_and_predict(
+        _WORKER["device"], _WORKER["state"], view.train_features, view.train_labels, view.test_features,
+        dataset.take(ids), dataset.labels[ids], config.learning_rate, config.epochs, _coda_config(method, config.coda),
+        _WORKER["classifier"], _WORKER["classifier_state"], inputs.embeddings[first:split], inputs.embeddings[ids],
+        seed=u,
+    )
+    return result.predictions, result.kept
 
 
 def chunk_name(start: int) -> str:
@@ -177,6 +214,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     config: FleetConfig = _WORKER["config"]
     records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
     predictions: dict[str, list] = {m: [] for m in config.methods}
+    kept: dict[str, list] = {m: [] for m in config.methods if m in CODA_METHODS}
     steps, rolled_back = 0, device.rolled_back_steps
     for u in range(*users):
         view = dataset.user(u)
@@ -188,15 +226,20 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
         records["num_test"].append(len(view.test_labels))
         records["labels"].append(view.test_labels)
         for method in config.methods:
-            labels = None if method == "cloud" else device.correct(view.train_labels, CORRECTION[method])
-            predictions[method].append(
-                fine_tune_and_predict(
+            rows = len(view.train_labels)
+            if method in CODA_METHODS:
+                prediction, extra = _coda_predictions(method, u, view, config)
+                kept[method].append(extra)
+                rows += extra
+            else:
+                labels = None if method == "cloud" else device.correct(view.train_labels, CORRECTION[method])
+                prediction = fine_tune_and_predict(
                     device, _WORKER["state"], view.train_features, labels, view.test_features,
                     config.learning_rate, config.epochs,
                 )
-            )
+            predictions[method].append(prediction)
             if method != "cloud":
-                steps += config.epochs * -(-len(view.train_labels) // device.batch_size)
+                steps += config.epochs * -(-rows // device.batch_size)
     arrays = {
         "user": np.asarray(records["user"], np.int64),
         "local_ctr": np.asarray(records["local_ctr"], np.float64),
@@ -204,6 +247,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
         "num_test": np.asarray(records["num_test"], np.int64),
         "labels": _concat(records["labels"], np.int8),
         **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
+        **{f"kept.{m}": np.asarray(k, np.int64) for m, k in kept.items()},
     }
     data = safetensors_bytes(arrays, metadata={"format": MANIFEST_FORMAT, "users": json.dumps(list(users))})
     atomic_write(_WORKER["chunk_dir"] / chunk_name(users[0]), data)
@@ -227,6 +271,7 @@ class FleetResults:
     labels: np.ndarray  # [S] test labels, users' blocks in order
     predictions: dict[str, np.ndarray]  # method -> [S]
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    kept: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # CoDA method -> [U] kept samples
 
     @property
     def sample_users(self) -> np.ndarray:
@@ -280,6 +325,7 @@ def load_results(out_dir: str | os.PathLike, methods: Iterable[str]) -> FleetRes
         num_test=cat("num_test"),
         labels=cat("labels"),
         predictions={m: cat(f"pred.{m}") for m in methods},
+        kept={m: cat(f"kept.{m}") for m in methods if m in CODA_METHODS},
     )
 
 
@@ -318,9 +364,11 @@ def simulate(
     resume: bool = False,
     executor: Executor | None = None,
     users: tuple[int, int] | None = None,
+    coda_dir: str | os.PathLike | None = None,
 ) -> FleetResults:
     """Run the fleet over the users saved in ``dataset_dir`` (see
-    :meth:`CTRDataset.save`); ``users`` limits it to a ``[start, stop)`` range."""
+    :meth:`CTRDataset.save`); ``users`` limits it to a ``[start, stop)``
+    range. CoDA methods need ``coda_dir`` (:func:`lcft_tf.cloud.coda.prepare_coda`)."""
     from tqdm.auto import tqdm
 
     config = config or FleetConfig()
@@ -332,8 +380,19 @@ def simulate(
     metadata = json.loads(model_path.with_suffix(".json").read_text())
     if "hard" in config.methods and not metadata["correction"]["hard_table"]:
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
+    coda = None
+    if any(m in CODA_METHODS for m in config.methods):
+        if coda_dir is None:
+            raise ValueError(f"methods {[m for m in config.methods if m in CODA_METHODS]} need the cloud's CoDA files "
+                             "(coda_dir, see lcft_tf.cloud.coda.prepare_coda)")
+        from lcft_tf.cloud.coda import FILES
+        from lcft_tf.stages import digest_files
+
+        coda = digest_files(Path(coda_dir), FILES)
     # The workers' OnDeviceModel checks the file against this sha256.
     key = fleet_key(metadata["tflite_sha256"], dataset.summary(), (start, stop), config)
+    if coda is not None:
+        key["coda_files"] = coda
     chunk_dir = out_dir / "chunks"
     manifest_path = out_dir / "fleet.json"
     manifest = {"format": MANIFEST_FORMAT, "hash": config_hash(key), "key": json.loads(to_json(key)),
@@ -363,7 +422,8 @@ def simulate(
     with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
               disable=None) as bar:
         for entry in executor.map_unordered(
-            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child), _run_chunk, tasks
+            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child,
+                           None if coda is None else str(coda_dir)), _run_chunk, tasks
         ):
             steps += entry.pop("steps")
             rolled_back += entry.pop("rolled_back")
@@ -382,6 +442,8 @@ def simulate(
         "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
         "resumed_chunks": len(done),
         "manifest_hash": manifest["hash"],
+        **({"coda_mean_kept": {m: float(k.mean()) if len(k) else None for m, k in results.kept.items()}}
+           if results.kept else {}),
     }
     log.info("fleet: %d users in %.1f s (%s users/s), %d chunks reused", simulated, seconds,
              f"{results.stats['users_per_second']:.1f}" if results.stats["users_per_second"] else "-", len(done))

@@ -1,0 +1,92 @@
+"""The cloud's side of CoDA for one cloud model: sample embeddings, coarse
+matching (retrieval) and the sample classifier every device starts from
+(docs/coda.md). Writes three files into one folder, which the fleet's
+workers read (memory-mapped):
+
+* ``embeddings.npy``           [N, D] float32 unit rows, one per sample
+* ``retrieval.safetensors``    per user, the retrieved sample indices
+* ``classifier.tflite`` + ``.json``  the untrained sample classifier
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lcft_tf.cloud.retrieval import Retrieval, RetrievalConfig, dataset_embeddings, retrieve
+from lcft_tf.data.dataset import CTRDataset
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS, RETRIEVAL, CLASSIFIER = "embeddings.npy", "retrieval.safetensors", "classifier.tflite"
+FILES = (EMBEDDINGS, RETRIEVAL, CLASSIFIER, "classifier.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierConfig:
+    """The on-device sample classifier as exported (logistic regression by default)."""
+
+    hidden_units: tuple[int, ...] = ()
+    learning_rate: float = 0.5  # the file's default; the device may pass another
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if any(u < 1 for u in self.hidden_units) or self.batch_size < 1:
+            raise ValueError("classifier hidden_units and batch_size must be >= 1")
+
+
+def prepare_coda(
+    model,
+    dataset: CTRDataset,
+    directory: str | os.PathLike,
+    retrieval: RetrievalConfig = RetrievalConfig(),
+    classifier: ClassifierConfig = ClassifierConfig(),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write the three CoDA files for ``model`` into ``directory``; returns
+    the cost (seconds, peak memory) for the report."""
+    from lcft_tf.cloud.export import ExportConfig, export_tflite  # TensorFlow: the cloud side only
+    from lcft_tf.models.sample_classifier import build_sample_classifier
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    embeddings = dataset_embeddings(model, dataset, retrieval.fields)
+    np.save(directory / EMBEDDINGS, embeddings, allow_pickle=False)
+    embedding_seconds = time.perf_counter() - started
+    result = retrieve(embeddings, dataset.offsets, dataset.split, dataclasses.replace(retrieval, seed=seed))
+    result.save(directory / RETRIEVAL)
+    clf = build_sample_classifier(embeddings.shape[1], hidden_units=classifier.hidden_units, seed=seed)
+    export_tflite(clf, directory / CLASSIFIER,
+                  ExportConfig(batch_size=classifier.batch_size, learning_rate=classifier.learning_rate))
+    stats = {"embedding_seconds": round(embedding_seconds, 2), "embedding_dim": int(embeddings.shape[1]),
+             "retrieval": result.stats, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("coda: embeddings %.1f s, retrieval %s", embedding_seconds, result.stats)
+    return stats
+
+
+@dataclasses.dataclass
+class CodaInputs:
+    """What a fleet worker reads from the CoDA folder."""
+
+    retrieval: Retrieval
+    embeddings: np.ndarray  # memory-mapped
+    classifier_path: Path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "CodaInputs":
+        directory = Path(directory)
+        missing = [f for f in FILES if not (directory / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{directory}: CoDA files missing: {', '.join(missing)}")
+        return cls(
+            retrieval=Retrieval.load(directory / RETRIEVAL),
+            embeddings=np.load(directory / EMBEDDINGS, mmap_mode="r", allow_pickle=False),
+            classifier_path=directory / CLASSIFIER,
+        )
