@@ -15,6 +15,7 @@ SMALL = {
     "DEVICE_LR = 0.1\nCLOUD_EPOCHS = 1\nHARD_USERS_PER_GROUP = 2",
     "tflite_benchmark.ipynb": 'MODELS = ("lr",)\nBATCH_SIZES = (4, 8)\nTHREADS = (1,)\nREPEATS = 3',
     "bundle_for_android.ipynb": 'MODEL = "lr"\nNUM_USERS = 30',
+    "coda.ipynb": 'NUM_USERS = 30\nFEW_SAMPLE_SHARE = 0.5\nMODEL = "wide_deep"\nSEEDS = (0,)\nDEVICE_LR = 0.1\nK = 10',
 }
 
 
@@ -41,5 +42,7 @@ def test_notebook_runs(name, tmp_path):
     text = "".join(o.get("text", "") for c in book.cells if c.cell_type == "code" for o in c.get("outputs", []))
     if name == "quickstart.ipynb":
         assert "user-weighted AUC" in text
+    if name == "coda.ipynb":
+        assert "retrieved samples kept per user" in text and "samples," in text
     if name == "bundle_for_android.ipynb":
         assert "restored exactly: True" in text
