@@ -3,6 +3,8 @@ first-order (per-id offset) terms. The paper's settings stay the defaults."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -42,9 +44,13 @@ def test_adam_first_step_moves_every_weight_with_a_gradient_by_the_learning_rate
     np.testing.assert_allclose(_first_step_deltas("adam", lr)[clear], lr, rtol=0.01)
 
 
-def test_unknown_cloud_optimizer_is_rejected():
+def test_unknown_cloud_optimizer_is_rejected_and_learning_rate_follows_the_optimizer():
     with pytest.raises(ValueError, match="rmsprop"):
         CloudConfig(optimizer="rmsprop")
+    assert CloudConfig().rate == 1.0  # the paper's SGD
+    assert CloudConfig(optimizer="adam").rate == 1e-3  # never Adam at SGD's 1.0 by accident
+    assert dataclasses.replace(CloudConfig(), optimizer="adam").rate == 1e-3
+    assert CloudConfig(optimizer="adam", learning_rate=0.01).rate == 0.01
 
 
 def _din(spec, **kwargs):
