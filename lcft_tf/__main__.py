@@ -64,7 +64,9 @@ def _run_groups() -> list[FlagGroup]:
                         "mean_samples_per_user": "mean synthetic samples per user.",
                         "seed": "seed of the synthetic data (and of --max_users' sample)."}),
         FlagGroup(CloudConfig, prefix="cloud_", rename={"learning_rate": "cloud_lr"}, exclude=("seed",),
-                  help={"learning_rate": "cloud learning rate (decayed by --cloud_decay_per_epoch each epoch)."}),
+                  help={"learning_rate": "cloud learning rate (default: adam 1e-3, sgd 1.0; decayed by "
+                                         "--cloud_decay_per_epoch each epoch).",
+                        "optimizer": "cloud optimizer: adam (default) or sgd (the paper's, with lr 1.0)."}),
         FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers"},
                   exclude=("methods",),
                   help={"learning_rate": "on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).",

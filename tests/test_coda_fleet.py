@@ -24,7 +24,7 @@ CODA = ExperimentConfig(
                               seed=2),
     models=("wide_deep",),
     methods=("cloud", "local", "soft2", *CODA_METHODS),
-    cloud=CloudConfig(epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
+    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=6, workers=1),
     export=ExportConfig(batch_size=8),
     retrieval=RetrievalConfig(k=12),

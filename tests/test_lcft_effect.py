@@ -26,7 +26,7 @@ def test_soft2_beats_local_beats_cloud_under_strong_drift(tmp_path):
         models=("lr",),
         methods=("cloud", "local", "soft2"),
         seeds=(0, 1, 2),
-        cloud=CloudConfig(epochs=1, learning_rate=0.5),
+        cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
         fleet=FleetConfig(learning_rate=0.1, workers=1),
         export=ExportConfig(batch_size=16),
         output_dir=str(tmp_path),

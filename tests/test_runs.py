@@ -30,7 +30,7 @@ TINY = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=20, num_items=30, mean_samples_per_user=30, history_length=3, dense_dim=2),
     models=("lr",),
     methods=("cloud", "local", "soft2"),
-    cloud=CloudConfig(epochs=1, learning_rate=0.5),
+    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=5, workers=1),
     export=ExportConfig(batch_size=8),
     name="run",
@@ -58,8 +58,8 @@ def _copy(finished, tmp_path) -> ExperimentConfig:
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"cloud": CloudConfig(epochs=2, learning_rate=0.5)}, "cloud.epochs: 1 -> 2"),
-        ({"cloud": CloudConfig(epochs=1, learning_rate=0.25)}, "cloud.learning_rate: 0.5 -> 0.25"),
+        ({"cloud": CloudConfig(optimizer="sgd", epochs=2, learning_rate=0.5)}, "cloud.epochs: 1 -> 2"),
+        ({"cloud": CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.25)}, "cloud.learning_rate: 0.5 -> 0.25"),
         ({"export": ExportConfig(batch_size=16)}, "export.batch_size: 8 -> 16"),
         ({"fleet": dataclasses.replace(TINY.fleet, learning_rate=0.2)}, "export.learning_rate: 0.1 -> 0.2"),
         ({"fleet": dataclasses.replace(TINY.fleet, epochs=2)}, "fleet.epochs: 1 -> 2"),

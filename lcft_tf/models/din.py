@@ -5,16 +5,31 @@ import keras
 import tensorflow as tf
 
 from lcft_tf.models.base import CTRModel
-from lcft_tf.models.layers import MLP, AttentionPooling, masked_mean
+from lcft_tf.features import SparseFeature
+from lcft_tf.models.layers import MLP, AttentionPooling, Embedding, masked_mean
 
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class DIN(CTRModel):
     model_name = "din"
 
-    def __init__(self, spec, attention_units=(32,), **kwargs):
+    def __init__(self, spec, attention_units=(32,), first_order=(), **kwargs):
         super().__init__(spec, **kwargs)
         self.attention_units = tuple(int(u) for u in attention_units)
+        # A scalar weight per id of these sparse features, added to the logit
+        # (e.g. ("user_id",): a per-user offset with a parameter of its own,
+        # which a level change on the device moves without touching the
+        # ranking; docs/din_on_movielens.md). () is the paper's DIN.
+        self.first_order = tuple(str(n) for n in first_order)
+        for n in self.first_order:
+            if n not in spec.names or not isinstance(spec[n], SparseFeature):
+                raise ValueError(f"first_order: {n!r} is not a sparse feature of the spec")
+        if len(set(self.first_order)) != len(self.first_order):
+            raise ValueError(f"first_order names a feature twice: {list(self.first_order)}")
+        self.offsets = {
+            n: Embedding(spec[n].vocab_size, 1, seed=self.seed + 20 + i, name=f"offset_{n}")
+            for i, n in enumerate(self.first_order)
+        }
         self.attention = {
             f.name: AttentionPooling(self.attention_units, seed=self.seed + 10 + i, name=f"att_{f.name}")
             for i, f in enumerate(spec.sequences)
@@ -31,7 +46,14 @@ class DIN(CTRModel):
                 fields.append(self.attention[f.name](query, keys, mask))
             else:
                 fields.append(masked_mean(keys, mask))
-        return tf.reshape(self.deep(tf.concat(fields, axis=-1)), [-1])
+        logits = tf.reshape(self.deep(tf.concat(fields, axis=-1)), [-1])
+        for n, table in self.offsets.items():
+            logits = logits + tf.reshape(table(features[n]), [-1])
+        return logits
 
     def get_config(self):
-        return {**super().get_config(), "attention_units": list(self.attention_units)}
+        return {
+            **super().get_config(),
+            "attention_units": list(self.attention_units),
+            "first_order": list(self.first_order),
+        }
