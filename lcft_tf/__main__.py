@@ -142,13 +142,14 @@ def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
 
 
 def _benchmark_groups() -> list[FlagGroup]:
-    from lcft_tf.benchmark import BenchmarkConfig, FleetBenchmarkConfig
+    from lcft_tf.benchmark import BenchmarkConfig, CodaBenchmarkConfig, FleetBenchmarkConfig
 
     return [
         FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
                                          "batch_sizes": "static batch sizes to export and time.",
                                          "threads": "interpreter thread counts."}),
         FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
+        FlagGroup(CodaBenchmarkConfig, prefix="coda_"),
     ]
 
 
@@ -167,8 +168,9 @@ def define_flags(command: str) -> dict:
             g.define(FLAGS)
         return {"groups": groups, "data": _define_data_flags()}
     if command == "benchmark":
-        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
-                          "'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline).")
+        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet", "coda"],
+                          "'interpreter' (per-signature latency), 'fleet' (ML-20M-scale fleet + naive baseline) "
+                          "or 'coda' (retrieval, CoDA fleet vs Local, the sample classifier).")
         flags.DEFINE_string("json", None, "also write the results as JSON here.")
         flags.DEFINE_string("plot", None, "also draw latency vs batch size to this PNG (interpreter suite).")
         groups = _benchmark_groups()
@@ -217,13 +219,15 @@ def benchmark_command(spec: dict) -> None:
     from pathlib import Path
 
     from lcft_tf._io import atomic_write, to_json
-    from lcft_tf.benchmark import format_table, plot_latency, run_benchmark, run_fleet_benchmark, save_json
+    from lcft_tf.benchmark import (format_table, plot_latency, run_benchmark, run_coda_benchmark, run_fleet_benchmark,
+                                   save_json)
 
-    interpreter, fleet = spec["groups"]
-    if FLAGS.suite == "fleet":
-        config = fleet.build(FLAGS)
+    interpreter, fleet, coda = spec["groups"]
+    if FLAGS.suite in ("fleet", "coda"):
+        config, run_suite = (fleet.build(FLAGS), run_fleet_benchmark) if FLAGS.suite == "fleet" else (
+            coda.build(FLAGS), run_coda_benchmark)
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_fleet_benchmark(config, Path(tmp))
+            result = run_suite(config, Path(tmp))
         print(json.dumps(json.loads(to_json(result)), indent=2))
         if FLAGS.json:
             atomic_write(FLAGS.json, to_json(result))

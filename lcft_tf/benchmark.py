@@ -372,3 +372,82 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
         "per_method": comparison,
     }
     return out
+
+
+# -- CoDA: retrieval cost, fleet cost, the classifier in LiteRT ------------------
+@dataclasses.dataclass(frozen=True)
+class CodaBenchmarkConfig:
+    model: str = "din"
+    num_users: int = 5700  # the MovieLens-20M size
+    samples_per_user: float = 570.0
+    num_items: int = 20000
+    k: int = 100
+    index: str = "flat"
+    fleet_users: int = 300  # users the two fleets (Local alone; Local + CoDA) are timed on
+    cloud_epochs: int = 1
+    cloud_batch_size: int = 1024
+    device_lr: float = 0.01
+    workers: int = 0
+    repeats: int = 200
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_models((self.model,))
+        positive("num_users", self.num_users)
+        positive("fleet_users", self.fleet_users)
+        positive("repeats", self.repeats)
+        if self.k < 0 or self.workers < 0:
+            raise ValueError("k and workers must be >= 0")
+
+
+def run_coda_benchmark(config: CodaBenchmarkConfig, workdir: Path) -> dict[str, Any]:
+    """Retrieval for every user (seconds, peak memory), the fleet with CoDA
+    vs Local alone on the same users, and the sample classifier's file size
+    and step times in LiteRT, all measured in this run."""
+    from lcft_tf.cloud.coda import CLASSIFIER, prepare_coda
+    from lcft_tf.cloud.export import ExportConfig, export_tflite
+    from lcft_tf.cloud.retrieval import RetrievalConfig
+    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.device.model import OnDeviceModel
+
+    out: dict[str, Any] = {"config": dataclasses.asdict(config)}
+    data = generate(SyntheticConfig(num_users=config.num_users, mean_samples_per_user=config.samples_per_user,
+                                    num_items=config.num_items, seed=config.seed))
+    out["dataset"] = data.summary()
+    data.save(workdir / "dataset")
+    model = train_cloud(config.model, data, CloudConfig(epochs=config.cloud_epochs, batch_size=config.cloud_batch_size,
+                                                        seed=config.seed))
+    path = workdir / f"{config.model}.tflite"
+    export_tflite(model, path, ExportConfig(learning_rate=config.device_lr, global_ctr=data.global_ctr))
+    out["cloud_side"] = prepare_coda(model, data, workdir / "coda",
+                                     RetrievalConfig(k=config.k, index=config.index), seed=config.seed)
+
+    users = (0, min(config.fleet_users, data.num_users))
+    fleet = FleetConfig(methods=("local",), learning_rate=config.device_lr, workers=config.workers)
+    local = simulate(path, workdir / "dataset", workdir / "local", fleet, users=users)
+    coda = simulate(path, workdir / "dataset", workdir / "coda_fleet",
+                    dataclasses.replace(fleet, methods=("local", "coda", "coda_lcft")), users=users,
+                    coda_dir=workdir / "coda")
+    out["fleet"] = {
+        "users": users[1] - users[0],
+        "local_seconds": local.stats["seconds"],
+        "local_plus_coda_seconds": coda.stats["seconds"],
+        "ratio": coda.stats["seconds"] / local.stats["seconds"],
+        "mean_kept": coda.stats.get("coda_mean_kept"),
+    }
+
+    classifier = OnDeviceModel(workdir / "coda" / CLASSIFIER)
+    dim = classifier.spec.dense[0].dim
+    x = {classifier.spec.names[0]: np.random.default_rng(config.seed).random((classifier.batch_size, dim), np.float32)}
+    y = np.zeros(classifier.batch_size, np.float32)
+    times = _interleaved({"train": lambda: classifier.train(x, y), "infer": lambda: classifier.infer(x)},
+                         warmup=10, repeats=config.repeats)
+    out["classifier"] = {
+        "tflite_bytes": (workdir / "coda" / CLASSIFIER).stat().st_size,
+        "batch_size": classifier.batch_size,
+        "train": latency_stats(times["train"]),
+        "infer": latency_stats(times["infer"]),
+    }
+    return out

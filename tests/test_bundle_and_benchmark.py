@@ -60,3 +60,18 @@ def test_latency_stats_known_answer():
     assert stats["mean_ms"] == pytest.approx(4.0)
     assert stats["p50_ms"] == pytest.approx(3.0)
     assert stats["p99_ms"] == pytest.approx(4.0 + 0.96 * 6.0)  # linear interpolation between 4 and 10 ms
+
+
+def test_coda_benchmark_cli(tmp_path):
+    cmd = [sys.executable, "-m", "lcft_tf", "benchmark", "--suite=coda", "--coda_num_users=40", "--coda_samples_per_user=30",
+           "--coda_num_items=100", "--coda_fleet_users=20", "--coda_k=15", "--coda_repeats=5", "--coda_workers=1",
+           f"--json={tmp_path / 'c.json'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["dataset"]["users"] == 40 and result["fleet"]["users"] == 20
+    assert result["cloud_side"]["retrieval"]["users"] == 40
+    kept = result["fleet"]["mean_kept"]
+    assert 0 < kept["coda"] <= 15 and kept["coda_lcft"] == kept["coda"]
+    dim = result["cloud_side"]["embedding_dim"]
+    assert result["classifier"]["batch_size"] == 32 and dim > 0
