@@ -64,7 +64,7 @@ class ExperimentConfig:
     max_users: int | None = None  # a seeded random sample of users, for quick runs
     models: tuple[str, ...] = ("din", "wide_deep")
     methods: tuple[str, ...] = DEFAULT_METHODS
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0, 1, 2)  # cloud-training seeds; tables report mean ± std over them
     cloud: CloudConfig = CloudConfig()
     fleet: FleetConfig = FleetConfig()
     hard: HardSearchConfig = HardSearchConfig()

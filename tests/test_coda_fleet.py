@@ -23,6 +23,7 @@ CODA = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=30, history_length=3, dense_dim=2,
                               seed=2),
     models=("wide_deep",),
+    seeds=(0,),
     methods=("cloud", "local", "soft2", *CODA_METHODS),
     cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=6, workers=1),

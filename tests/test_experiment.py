@@ -186,6 +186,7 @@ def test_experiment_on_movielens_raw_files(tmp_path):
         cache_dir=str(tmp_path / "cache"),
         data_options={"history_length": 5},
         models=("lr",),
+        seeds=(0,),
         methods=("cloud", "local", "soft1"),
         cloud=TINY_CLOUD,
         fleet=FleetConfig(learning_rate=0.1, workers=1),

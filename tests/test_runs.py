@@ -30,6 +30,7 @@ TINY = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=20, num_items=30, mean_samples_per_user=30, history_length=3, dense_dim=2),
     models=("lr",),
     methods=("cloud", "local", "soft2"),
+    seeds=(0,),
     cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=5, workers=1),
     export=ExportConfig(batch_size=8),
