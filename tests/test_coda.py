@@ -280,6 +280,33 @@ def test_taste_clusters_make_same_cluster_users_agree_and_leave_the_rest_unchang
         SyntheticConfig(taste_clusters=-1)
 
 
+def test_exposure_taste_makes_same_cluster_users_see_alike():
+    """Users of one cluster see similar items (per-user item shares correlate)
+    only with exposure_taste > 0; sizes and the cluster draw are unchanged."""
+    base = SyntheticConfig(num_users=120, num_items=20, num_categories=4, mean_samples_per_user=300,
+                           taste_clusters=3, seed=1)
+    plain, data = generate(base), generate(dataclasses.replace(base, exposure_taste=1.0))
+    np.testing.assert_array_equal(plain.offsets, data.offsets)
+    np.testing.assert_array_equal(plain.info["taste_cluster"], data.info["taste_cluster"])
+    member = data.info["taste_cluster"]
+
+    def seen_alike(d):
+        users = user_index(d.offsets)
+        counts = np.zeros((d.num_users, base.num_items + 1))
+        np.add.at(counts, (users, d.features["item_id"]), 1)
+        share = counts / counts.sum(1, keepdims=True)
+        r = np.corrcoef(share[:, 1:])
+        pair = np.triu(np.ones_like(r, bool), 1)
+        same = member[:, None] == member[None, :]
+        return r[pair & same].mean() - r[pair & ~same].mean()
+
+    gap, control = seen_alike(data), seen_alike(plain)
+    print("exposure gap", gap, "control", control)
+    assert gap > 0.2 and abs(control) < 0.05
+    with pytest.raises(ValueError, match="exposure_taste"):
+        SyntheticConfig(exposure_taste=-1.0)
+
+
 # -- the effect of fine matching -------------------------------------------------------
 FEW = SyntheticConfig(num_users=300, num_items=100, mean_samples_per_user=60, few_sample_share=0.5,
                       few_sample_range=(10, 40), history_length=5, dense_dim=4, test_fraction=0.5, seed=0)

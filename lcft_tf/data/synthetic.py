@@ -24,7 +24,12 @@ Generative process (every step seeded, all numpy-vectorised):
    ``1 - s^2``. Own generator again: 0 clusters (the default) draws nothing.
    ``info["taste_cluster"]`` holds each user's cluster (1-based).
 3. **Impressions**: each user sees ``n_i`` items drawn with probability
-   ``∝ exp(b_j)``, at increasing timestamps.
+   ``∝ exp(b_j)``, at increasing timestamps. With ``exposure_taste = e >
+   0`` instead ``∝ exp(b_j + e * sqrt(d) * u_i·v_j)``: users are shown (or
+   pick) items they like, as in real logs, so a user's *samples* (items,
+   histories), not only its labels, reflect its taste, which is what CoDA's
+   coarse matching compares (docs/coda.md). Own generator; 0 (the default)
+   changes nothing.
 4. **Clicks**: ``P(click) = sigmoid(mu + theta_i + taste_weight * sqrt(d) *
    u_i·v_j + b_j)``; ``mu`` is solved (bisection) so the expected overall
    click rate is ``global_ctr``. Local CTRs ``w_i`` then spread around
@@ -72,6 +77,7 @@ class SyntheticConfig:
     few_sample_range: tuple[int, int] = (5, 20)
     taste_clusters: int = 0
     taste_noise: float = 0.3
+    exposure_taste: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +97,8 @@ class SyntheticConfig:
         lo, hi = self.few_sample_range
         if self.taste_clusters < 0:
             raise ValueError(f"taste_clusters must be >= 0, got {self.taste_clusters}")
+        if not 0.0 <= self.exposure_taste < 50:
+            raise ValueError(f"exposure_taste must be in [0, 50), got {self.exposure_taste}")
         if not 0.0 <= self.taste_noise <= 1.0:
             raise ValueError(f"taste_noise must be in [0, 1], got {self.taste_noise}")
         if not 2 <= lo <= hi:
@@ -170,6 +178,15 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
     # Impressions, clicks, timestamps.
     exposure = np.exp(popularity[1:])
     items = (rng.choice(c.num_items, n, p=exposure / exposure.sum()) + 1).astype(np.int32)
+    if c.exposure_taste:
+        # Users also see what they like; own stream, and the draw above is
+        # still made, so exposure_taste 0 (the default) changes nothing.
+        exposure_rng = np.random.default_rng([c.seed, 3])
+        for u in range(c.num_users):
+            logit = popularity[1:] + c.exposure_taste * np.sqrt(d) * (item_vectors[1:] @ tastes[u])
+            cdf = np.cumsum(np.exp(logit - logit.max()))
+            draws = exposure_rng.random(sizes[u]) * cdf[-1]
+            items[offsets[u] : offsets[u + 1]] = np.minimum(np.searchsorted(cdf, draws, "right"), c.num_items - 1) + 1
     affinity = np.einsum("nd,nd->n", tastes[users], item_vectors[items]) * np.sqrt(d)
     scores = propensity[users] + c.taste_weight * affinity + popularity[items]
     mu = _solve_offset(scores, c.global_ctr)
