@@ -233,6 +233,80 @@ def test_few_sample_share_changes_only_the_chosen_users_sizes():
         SyntheticConfig(few_sample_range=(1, 3))
 
 
+def _agreement(data, member):
+    """Mean correlation of user-centred per-item click rates over the items
+    both users saw: (pairs in one group, pairs in different groups)."""
+    users = user_index(data.offsets)
+    rates = np.full((data.num_users, int(data.features["item_id"].max()) + 1), np.nan)
+    for u in range(data.num_users):
+        items, labels = data.features["item_id"][users == u], data.labels[users == u]
+        seen = np.unique(items)
+        rates[u, seen] = [labels[items == j].mean() for j in seen]
+        rates[u] -= np.nanmean(rates[u])
+    same, other = [], []
+    for a in range(data.num_users):
+        for b in range(a + 1, data.num_users):
+            both = ~np.isnan(rates[a]) & ~np.isnan(rates[b])
+            (same if member[a] == member[b] else other).append(np.corrcoef(rates[a, both], rates[b, both])[0, 1])
+    return float(np.mean(same)), float(np.mean(other))
+
+
+def test_taste_clusters_make_same_cluster_users_agree_and_leave_the_rest_unchanged():
+    """Independent check from the labels: on items both saw, two users of one
+    cluster click alike (user-centred click rates correlate), two of different
+    clusters do not; clusters change only the clicks (and the histories they
+    feed), and 0 clusters is the data of before (hash taken before the change)."""
+    import hashlib
+
+    pinned = generate(SyntheticConfig(num_users=50, mean_samples_per_user=30, seed=3, few_sample_share=0.3))
+    digest = hashlib.sha256(pinned.labels.tobytes() + pinned.features["item_id"].tobytes()
+                            + pinned.features["pos_hist"].tobytes() + pinned.offsets.tobytes()).hexdigest()[:16]
+    assert digest == "215d07e0f5ecb032" and "taste_cluster" not in pinned.info
+    base = SyntheticConfig(num_users=120, num_items=20, num_categories=4, mean_samples_per_user=300, seed=1)
+    plain, data = generate(base), generate(dataclasses.replace(base, taste_clusters=3, taste_noise=0.3))
+    for name in ("item_id", "category"):
+        np.testing.assert_array_equal(plain.features[name], data.features[name])
+    np.testing.assert_array_equal(plain.offsets, data.offsets)
+    assert not np.array_equal(plain.labels, data.labels)
+    member = data.info["taste_cluster"]
+    assert set(member.tolist()) == {1, 2, 3}
+    same_c, other_c = _agreement(data, member)
+    same_p, other_p = _agreement(plain, member)  # control: the same grouping without clusters
+    print("clusters", same_c, other_c, "plain", same_p, other_p)
+    assert same_c - other_c > 0.3 and abs(same_p - other_p) < 0.1
+    with pytest.raises(ValueError, match="taste_noise"):
+        SyntheticConfig(taste_noise=1.5)
+    with pytest.raises(ValueError, match="taste_clusters"):
+        SyntheticConfig(taste_clusters=-1)
+
+
+def test_exposure_taste_makes_same_cluster_users_see_alike():
+    """Users of one cluster see similar items (per-user item shares correlate)
+    only with exposure_taste > 0; sizes and the cluster draw are unchanged."""
+    base = SyntheticConfig(num_users=120, num_items=20, num_categories=4, mean_samples_per_user=300,
+                           taste_clusters=3, seed=1)
+    plain, data = generate(base), generate(dataclasses.replace(base, exposure_taste=1.0))
+    np.testing.assert_array_equal(plain.offsets, data.offsets)
+    np.testing.assert_array_equal(plain.info["taste_cluster"], data.info["taste_cluster"])
+    member = data.info["taste_cluster"]
+
+    def seen_alike(d):
+        users = user_index(d.offsets)
+        counts = np.zeros((d.num_users, base.num_items + 1))
+        np.add.at(counts, (users, d.features["item_id"]), 1)
+        share = counts / counts.sum(1, keepdims=True)
+        r = np.corrcoef(share[:, 1:])
+        pair = np.triu(np.ones_like(r, bool), 1)
+        same = member[:, None] == member[None, :]
+        return r[pair & same].mean() - r[pair & ~same].mean()
+
+    gap, control = seen_alike(data), seen_alike(plain)
+    print("exposure gap", gap, "control", control)
+    assert gap > 0.2 and abs(control) < 0.05
+    with pytest.raises(ValueError, match="exposure_taste"):
+        SyntheticConfig(exposure_taste=-1.0)
+
+
 # -- the effect of fine matching -------------------------------------------------------
 FEW = SyntheticConfig(num_users=300, num_items=100, mean_samples_per_user=60, few_sample_share=0.5,
                       few_sample_range=(10, 40), history_length=5, dense_dim=4, test_fraction=0.5, seed=0)

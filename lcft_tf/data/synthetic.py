@@ -15,9 +15,21 @@ Generative process (every step seeded, all numpy-vectorised):
    ``few_sample_range`` (inclusive; total impressions, train is the first
    ``1 - test_fraction`` of them): the few-sample users CoDA targets
    (docs/coda.md). It is drawn from its own generator, so share 0
-   (the default) leaves every other draw unchanged.
+   (the default) leaves every other draw unchanged. With ``taste_clusters
+   = C > 0`` tastes are instead ``sqrt(1 - s^2) p_c + s e_i`` with ``C``
+   prototypes ``p_c`` and own parts ``e_i`` (both ``N(0, I / latent_dim)``,
+   so the taste variance is unchanged), ``s = taste_noise``, users assigned
+   to clusters uniformly: similar users exist in the pool, CoDA's other
+   premise (docs/coda.md); two users of one cluster have taste correlation
+   ``1 - s^2``. Own generator again: 0 clusters (the default) draws nothing.
+   ``info["taste_cluster"]`` holds each user's cluster (1-based).
 3. **Impressions**: each user sees ``n_i`` items drawn with probability
-   ``∝ exp(b_j)``, at increasing timestamps.
+   ``∝ exp(b_j)``, at increasing timestamps. With ``exposure_taste = e >
+   0`` instead ``∝ exp(b_j + e * sqrt(d) * u_i·v_j)``: users are shown (or
+   pick) items they like, as in real logs, so a user's *samples* (items,
+   histories), not only its labels, reflect its taste, which is what CoDA's
+   coarse matching compares (docs/coda.md). Own generator; 0 (the default)
+   changes nothing.
 4. **Clicks**: ``P(click) = sigmoid(mu + theta_i + taste_weight * sqrt(d) *
    u_i·v_j + b_j)``; ``mu`` is solved (bisection) so the expected overall
    click rate is ``global_ctr``. Local CTRs ``w_i`` then spread around
@@ -63,6 +75,9 @@ class SyntheticConfig:
     test_fraction: float = 0.2
     few_sample_share: float = 0.0
     few_sample_range: tuple[int, int] = (5, 20)
+    taste_clusters: int = 0
+    taste_noise: float = 0.3
+    exposure_taste: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -80,6 +95,12 @@ class SyntheticConfig:
         if not 0.0 <= self.few_sample_share <= 1.0:
             raise ValueError(f"few_sample_share must be in [0, 1], got {self.few_sample_share}")
         lo, hi = self.few_sample_range
+        if self.taste_clusters < 0:
+            raise ValueError(f"taste_clusters must be >= 0, got {self.taste_clusters}")
+        if not 0.0 <= self.exposure_taste < 50:
+            raise ValueError(f"exposure_taste must be in [0, 50), got {self.exposure_taste}")
+        if not 0.0 <= self.taste_noise <= 1.0:
+            raise ValueError(f"taste_noise must be in [0, 1], got {self.taste_noise}")
         if not 2 <= lo <= hi:
             raise ValueError(f"few_sample_range must be (lo, hi) with 2 <= lo <= hi, got {self.few_sample_range}")
 
@@ -131,6 +152,17 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
 
     # Users.
     tastes = rng.normal(0, 1 / np.sqrt(d), (c.num_users, d))
+    if c.taste_clusters:
+        # Own stream: 0 clusters (the default) draws nothing. Same taste
+        # variance as an independent draw, so taste_weight keeps its scale.
+        cluster_rng = np.random.default_rng([c.seed, 2])
+        prototypes = cluster_rng.normal(0, 1 / np.sqrt(d), (c.taste_clusters, d))
+        member = cluster_rng.integers(0, c.taste_clusters, c.num_users)
+        own = cluster_rng.normal(0, 1 / np.sqrt(d), (c.num_users, d))
+        tastes = np.sqrt(1 - c.taste_noise**2) * prototypes[member] + c.taste_noise * own
+        extra_info = {"taste_cluster": member + 1}  # 1-based like user ids; for diagnostics only
+    else:
+        extra_info = {}
     propensity = rng.normal(0, c.ctr_spread, c.num_users)
     sigma = 0.6
     sizes = rng.lognormal(np.log(c.mean_samples_per_user) - sigma**2 / 2, sigma, c.num_users)
@@ -146,6 +178,15 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
     # Impressions, clicks, timestamps.
     exposure = np.exp(popularity[1:])
     items = (rng.choice(c.num_items, n, p=exposure / exposure.sum()) + 1).astype(np.int32)
+    if c.exposure_taste:
+        # Users also see what they like; own stream, and the draw above is
+        # still made, so exposure_taste 0 (the default) changes nothing.
+        exposure_rng = np.random.default_rng([c.seed, 3])
+        for u in range(c.num_users):
+            logit = popularity[1:] + c.exposure_taste * np.sqrt(d) * (item_vectors[1:] @ tastes[u])
+            cdf = np.cumsum(np.exp(logit - logit.max()))
+            draws = exposure_rng.random(sizes[u]) * cdf[-1]
+            items[offsets[u] : offsets[u + 1]] = np.minimum(np.searchsorted(cdf, draws, "right"), c.num_items - 1) + 1
     affinity = np.einsum("nd,nd->n", tastes[users], item_vectors[items]) * np.sqrt(d)
     scores = propensity[users] + c.taste_weight * affinity + popularity[items]
     mu = _solve_offset(scores, c.global_ctr)
@@ -170,7 +211,7 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
         timestamps=timestamps.astype(np.int64),
         offsets=offsets,
         split=per_user_split(offsets, c.test_fraction),
-        info={"config": dataclasses.asdict(c), "click_offset": mu},
+        info={"config": dataclasses.asdict(c), "click_offset": mu, **extra_info},
         lookups={"genome": ("item_id", genome)},
     )
     log.info("generated %d samples of %d users in %.1f s", n, c.num_users, time.perf_counter() - start)
