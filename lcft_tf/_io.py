@@ -97,3 +97,18 @@ def state_fingerprint(tensors) -> str:
 
     triples = sorted([t["name"], [int(d) for d in t["shape"]], t["dtype"]] for t in tensors)
     return sha256(json.dumps(triples).encode())
+
+
+def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict]:
+    """``(metadata, tensors)`` of a safetensors file; a missing file raises
+    ``FileNotFoundError``, anything unreadable a one-line ``ValueError``
+    naming ``what`` it should have been."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable {what} ({err})") from None

@@ -27,10 +27,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import atomic_write
+from lcft_tf._io import atomic_write, read_safetensors
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.features import SequenceFeature, SparseFeature
 
@@ -155,14 +154,7 @@ class Retrieval:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Retrieval":
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                arrays = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: not a readable retrieval file ({err})") from None
+        meta, arrays = read_safetensors(path, "retrieval file")
         if meta.get("format") != RETRIEVAL_FORMAT or set(arrays) != {"ids", "scores"}:
             raise ValueError(f"{path}: not a retrieval file (format {meta.get('format')!r}, tensors {sorted(arrays)})")
         ids, scores = arrays["ids"], arrays["scores"]

@@ -19,11 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf import validation
-from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, remove_stale_temps, sha256, state_fingerprint
+from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, read_safetensors, remove_stale_temps, sha256, state_fingerprint
 from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_ctr
 from lcft_tf.features import FeatureSpec
 
@@ -186,14 +185,7 @@ class OnDeviceModel:
         another model or with wrong shapes/dtypes raises ``ValueError`` and
         changes nothing."""
         remove_stale_temps(path)
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as err:
-            if isinstance(err, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: not a readable safetensors checkpoint ({err})") from None
+        meta, state = read_safetensors(path, "safetensors checkpoint")
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not an lcft checkpoint (format {meta.get('format')!r})")
         if meta.get("state") != self.state_fingerprint:
