@@ -1,0 +1,160 @@
+"""Per-device submodels (docs/submodels.md): for every registry model and both
+optimizers, a submodel restored from a device's pack predicts what the full
+model predicts, before and after fine-tuning on the same batches, and its
+sparse update merged into the global state equals fine-tuning the full
+model directly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import BATCH, build_tiny
+
+from lcft_tf import models
+from lcft_tf.cloud.export import ExportConfig, export_tflite
+from lcft_tf.cloud.submodel import (
+    Pack,
+    PackCapacityError,
+    SubmodelDevice,
+    apply_update,
+    make_pack,
+    sparse_update,
+    submodel_path,
+)
+from lcft_tf.device.model import OnDeviceModel
+
+CAPACITY = 12  # the spec's user (20) and item (30) tables are packed; category (5) ships whole
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def pairs(spec, tmp_path_factory):
+    """(model, optimizer) -> path of a full export with a submodel beside it,
+    exported on first use (conversions dominate this file's run time)."""
+    out = tmp_path_factory.mktemp("submodels")
+
+    class Exports(dict):
+        def __missing__(self, key):
+            name, optimizer = key
+            path = out / f"{name}_{optimizer}.tflite"
+            config = ExportConfig(batch_size=BATCH, learning_rate=0.05, global_ctr=0.4, optimizer=optimizer,
+                                  submodel_capacity=CAPACITY)
+            export_tflite(build_tiny(name, spec), path, config)
+            self[key] = path
+            return path
+
+    return Exports()
+
+
+def user_features(spec, n: int, seed: int, items=(2, 5, 7, 11, 13, 17, 23, 29)) -> dict[str, np.ndarray]:
+    """One user's samples: a few items, one user id, some global-OOV ids."""
+    rng = np.random.default_rng(seed)
+    out = {"user_id": np.full(n, 9, np.int32), "item_id": rng.choice(items, n).astype(np.int32),
+           "category": rng.integers(0, 5, n).astype(np.int32), "genome": rng.random((n, 3)).astype(np.float32)}
+    for f in spec.sequences:
+        ids = rng.choice(items, (n, f.length)).astype(np.int32)
+        ids[rng.random((n, f.length)) < 0.3] = 0  # padding
+        ids[rng.random((n, f.length)) < 0.1] = rng.choice([-4, 31, 1000])  # outside the global vocabulary
+        out[f.name] = ids
+    return out
+
+
+def devices(path):
+    full = OnDeviceModel(path)
+    sub = SubmodelDevice(path, full.save())
+    return full, sub
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+def test_submodel_matches_full_model_and_merges_back(pairs, spec, name, optimizer):
+    full, sub = devices(pairs[name, optimizer])
+    cloud = full.save()
+    train, test = user_features(spec, 3 * BATCH - 3, seed=1), user_features(spec, 11, seed=2)
+    labels = (np.random.default_rng(3).random(len(train["item_id"])) < 0.4).astype(np.float32)
+    pack = sub.pack(train, test)
+    sub.device.restore(pack.state)
+    before = full.infer(test)
+    np.testing.assert_allclose(sub.device.infer(pack.remap(test)), before, atol=TOL, rtol=0)
+    for _ in range(2):  # two epochs of 3 steps each, the last one padded
+        full.train(train, labels, learning_rate=0.5)
+        sub.device.train(pack.remap(train), labels, learning_rate=0.5)
+    after = full.infer(test)
+    assert np.max(np.abs(after - before)) > 1e-3  # the steps changed the predictions
+    np.testing.assert_allclose(sub.device.infer(pack.remap(test)), after, atol=TOL, rtol=0)
+    # The merge-back: the global state plus the device's sparse update is the
+    # full model fine-tuned directly (every tensor, Adam slots included).
+    update = sparse_update(pack, sub.device.save())
+    merged = apply_update(cloud, sub.layout, update)
+    tuned = full.save()
+    for key, value in tuned.items():
+        np.testing.assert_allclose(merged[key], value, atol=TOL, rtol=0, err_msg=key)
+    for table, rows in update.rows.items():
+        touched = {int(r) for r in rows}
+        for key in sub.layout.tables[table].state:  # rows outside the update are bit-equal to the cloud's
+            untouched = np.setdiff1d(np.arange(len(cloud[key])), sorted(touched))
+            np.testing.assert_array_equal(tuned[key][untouched], cloud[key][untouched], err_msg=key)
+    assert set(update.rows["item_id"]) <= {0, 2, 5, 7, 11, 13, 17, 23, 29, 30}  # 30 = the OOV row
+    assert 30 in set(update.rows["item_id"])  # the OOV ids trained the OOV row in both
+
+
+def test_ids_outside_the_pack_read_the_oov_row(pairs, spec):
+    full, sub = devices(pairs["din", "sgd"])
+    train = user_features(spec, 8, seed=4)
+    pack = sub.pack(train)
+    sub.device.restore(pack.state)
+    probe = user_features(spec, 8, seed=5, items=(3, 4, 6))  # in the vocabulary, not in the pack
+    expected = dict(probe)
+    for key in ("item_id", "pos_hist", "neg_hist"):  # what the full model sees: its OOV row (id 30)
+        ids = probe[key].copy()
+        ids[(ids > 0) & (ids < 30)] = 30
+        expected[key] = ids
+    np.testing.assert_allclose(sub.device.infer(pack.remap(probe)), full.infer(expected), atol=TOL, rtol=0)
+    slots = pack.slots("item_id", np.array([0, 3, 2, -4, 31, 29]))
+    assert slots[0] == 0 and slots[1] == CAPACITY and slots[3] == -4 and slots[4] == 31
+    assert pack.id_maps["item_id"][slots[2]] == 2 and pack.id_maps["item_id"][slots[5]] == 29
+
+
+def test_a_pack_that_does_not_fit_fails_naming_the_table(pairs, spec):
+    _, sub = devices(pairs["wide_deep", "sgd"])
+    many = user_features(spec, 20, seed=6, items=tuple(range(1, 20)))
+    with pytest.raises(PackCapacityError, match=r"table 'item_id': the device uses \d+ rows, the submodel holds 12"):
+        sub.pack(many)
+
+
+def test_pack_file_round_trip(pairs, spec):
+    _, sub = devices(pairs["deepfm", "adam"])
+    pack = sub.pack(user_features(spec, 10, seed=7))
+    again = Pack.from_bytes(sub.layout, pack.to_bytes())
+    assert set(again.state) == set(pack.state)
+    for key in pack.state:
+        np.testing.assert_array_equal(again.state[key], pack.state[key])
+    for table in pack.id_maps:
+        np.testing.assert_array_equal(again.id_maps[table], pack.id_maps[table])
+    with pytest.raises(ValueError, match="not a readable pack"):
+        Pack.from_bytes(sub.layout, pack.to_bytes()[:-10])
+
+
+def test_metadata_links_the_pair_and_a_stale_submodel_is_refused(pairs, spec, tmp_path):
+    path = pairs["lr", "sgd"]
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["submodel"] == {"file": "lr_sgd.sub.tflite", "capacity": CAPACITY}
+    sub_meta = json.loads(submodel_path(path).with_suffix(".json").read_text())
+    assert {t: d["rows"] for t, d in sub_meta["submodel"]["tables"].items()} == {
+        "user_id": 12, "item_id": 12, "category": 5}
+    # a re-export of another model into the same place leaves no submodel of the old one
+    other = tmp_path / "m.tflite"
+    export_tflite(build_tiny("lr", spec), other, ExportConfig(batch_size=BATCH, submodel_capacity=CAPACITY))
+    export_tflite(build_tiny("pnn", spec), other, ExportConfig(batch_size=BATCH, submodel_capacity=0))
+    assert not submodel_path(other).exists()
+    # a submodel cut from another export is refused
+    export_tflite(build_tiny("lr", spec), other, ExportConfig(batch_size=BATCH, submodel_capacity=CAPACITY))
+    sub_bytes = submodel_path(other).read_bytes(), submodel_path(other).with_suffix(".json").read_bytes()
+    reseeded = models.build("lr", spec, embedding_dim=4, seed=99)  # other weights, another file
+    export_tflite(reseeded, other, ExportConfig(batch_size=BATCH, submodel_capacity=CAPACITY))
+    submodel_path(other).write_bytes(sub_bytes[0])
+    submodel_path(other).with_suffix(".json").write_bytes(sub_bytes[1])
+    with pytest.raises(ValueError, match="cut from another export"):
+        SubmodelDevice(other, {})
