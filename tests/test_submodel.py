@@ -6,6 +6,7 @@ model directly."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -158,3 +159,63 @@ def test_metadata_links_the_pair_and_a_stale_submodel_is_refused(pairs, spec, tm
     submodel_path(other).with_suffix(".json").write_bytes(sub_bytes[1])
     with pytest.raises(ValueError, match="cut from another export"):
         SubmodelDevice(other, {})
+
+
+# -- the fleet -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fleet_setup(tmp_path_factory):
+    """Tiny synthetic data and an untrained DIN exported twice: with a
+    submodel that fits every user (capacity 200) and one that fits none (8)."""
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+
+    root = tmp_path_factory.mktemp("fleet")
+    data = generate(SyntheticConfig(num_users=10, num_items=400, num_categories=6, mean_samples_per_user=30,
+                                    history_length=4, dense_dim=3, seed=2))
+    data.save(root / "dataset")
+    model = models.build("din", data.spec, embedding_dim=4, hidden_units=(8,), attention_units=(4,), seed=1)
+    paths = {}
+    for capacity in (200, 8):
+        paths[capacity] = root / f"din{capacity}.tflite"
+        export_tflite(model, paths[capacity], ExportConfig(batch_size=8, global_ctr=data.global_ctr,
+                                                           submodel_capacity=capacity))
+    return root, paths
+
+
+def test_fleet_on_submodels_predicts_what_the_full_model_fleet_predicts(fleet_setup, tmp_path):
+    from lcft_tf.device.fleet import FleetConfig, SerialExecutor, simulate
+
+    root, paths = fleet_setup
+    base = FleetConfig(methods=("cloud", "local", "soft2"), learning_rate=0.3, epochs=2, users_per_chunk=4, workers=1)
+    run = lambda path, mode, out: simulate(path, root / "dataset", tmp_path / out,
+                                           dataclasses.replace(base, submodel=mode), executor=SerialExecutor())
+    full = run(paths[200], "off", "full")
+    sub = run(paths[200], "auto", "sub")
+    assert full.stats["submodel"]["mode"] == "off" and full.stats["submodel"]["users_on_submodel"] == 0
+    assert sub.stats["submodel"] == {"mode": "on", "requested": "auto", "capacity": 200,
+                                     "users_on_submodel": len(sub.users), "users_on_full_model": 0}
+    assert np.abs(full.predictions["local"] - full.predictions["cloud"]).max() > 1e-3
+    for method in base.methods:
+        np.testing.assert_allclose(sub.predictions[method], full.predictions[method], atol=TOL, rtol=0,
+                                   err_msg=method)
+    # capacity 8 fits nobody: "auto" runs every user on the full model and says so, "on" fails in one line
+    fallback = run(paths[8], "auto", "fallback")
+    assert fallback.stats["submodel"]["users_on_full_model"] == len(fallback.users)
+    for method in base.methods:
+        np.testing.assert_array_equal(fallback.predictions[method], full.predictions[method])
+    with pytest.raises(ValueError, match=r"^user \d+: table 'item_id': the device uses \d+ rows, the submodel holds 8;"):
+        run(paths[8], "on", "strict")
+
+
+def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec, tmp_path):
+    from lcft_tf.device.fleet import FleetConfig, simulate
+
+    root, _ = fleet_setup
+    from lcft_tf.data.dataset import CTRDataset
+
+    data = CTRDataset.load(root / "dataset")
+    path = tmp_path / "whole.tflite"
+    export_tflite(models.build("lr", data.spec, seed=1), path, ExportConfig(batch_size=8, submodel_capacity=0))
+    with pytest.raises(ValueError, match="--device_submodel=on but .* has no submodel"):
+        simulate(path, root / "dataset", tmp_path / "out", FleetConfig(methods=("cloud",), submodel="on", workers=1))
+    with pytest.raises(ValueError, match="submodel must be one of"):
+        FleetConfig(submodel="yes")

@@ -40,6 +40,7 @@ from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf._io import atomic_write, sha256, to_json
 from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.cloud.submodel import PackCapacityError
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
 from lcft_tf.validation import learning_rate
@@ -47,6 +48,7 @@ from lcft_tf.validation import learning_rate
 log = logging.getLogger(__name__)
 
 METHODS = ("cloud", "local", "soft1", "soft2", "hard")
+SUBMODEL_MODES = ("auto", "on", "off")
 CORRECTION = {"local": "none", "soft1": "soft1", "soft2": "soft2", "hard": "hard"}
 
 
@@ -58,6 +60,9 @@ class FleetConfig:
     users_per_chunk: int = 32
     workers: int = 0  # 0: one per CPU core
     interpreter_threads: int = 1
+    # Per-device submodels (docs/submodels.md): "auto" uses the exported
+    # <name>.sub.tflite when there is one, "on" requires it, "off" never.
+    submodel: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -66,6 +71,8 @@ class FleetConfig:
         learning_rate(self.learning_rate)
         if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
             raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
+        if self.submodel not in SUBMODEL_MODES:
+            raise ValueError(f"submodel must be one of {SUBMODEL_MODES}, got {self.submodel!r}")
 
 
 # -- executors ---------------------------------------------------------------
@@ -156,13 +163,34 @@ def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_d
     if in_child:
         exit_with_parent()
     device = OnDeviceModel(model_path, num_threads=config.interpreter_threads)
+    state = device.save()
+    submodel = None
+    if use_submodel(model_path, config.submodel):
+        from lcft_tf.cloud.submodel import SubmodelDevice
+
+        submodel = SubmodelDevice(model_path, state, num_threads=config.interpreter_threads)
     _WORKER.update(
         device=device,
-        state=device.save(),
+        submodel=submodel,
+        state=state,
         dataset=CTRDataset.load(dataset_dir),
         config=config,
         chunk_dir=Path(chunk_dir),
     )
+
+
+def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
+    """Whether the fleet runs users on the submodel exported beside
+    ``model_path`` (written only when a table exceeds its capacity)."""
+    if mode == "off":
+        return False
+    metadata = json.loads(Path(model_path).with_suffix(".json").read_text())
+    if metadata.get("submodel"):
+        return True
+    if mode == "on":
+        raise ValueError(f"--device_submodel=on but {model_path} has no submodel (export with a "
+                         "submodel_capacity below the largest vocabulary)")
+    return False
 
 
 def chunk_name(start: int) -> str:
@@ -177,11 +205,28 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     config: FleetConfig = _WORKER["config"]
     records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
     predictions: dict[str, list] = {m: [] for m in config.methods}
-    steps, rolled_back = 0, device.rolled_back_steps
+    submodel = _WORKER["submodel"]
+    rolled = lambda: device.rolled_back_steps + (submodel.device.rolled_back_steps if submodel else 0)
+    steps, rolled_back, packed, on_full = 0, rolled(), 0, 0
     for u in range(*users):
         view = dataset.user(u)
         if len(view.test_labels) == 0:
             continue  # nothing to evaluate
+        # The user's pack on the submodel (same predictions, docs/submodels.md), else the full model.
+        runner, state, train_features, test_features = device, _WORKER["state"], view.train_features, view.test_features
+        if submodel is not None:
+            try:
+                pack = submodel.pack(view.train_features, view.test_features)
+            except PackCapacityError as err:  # "on": fail in one line; "auto": this user on the full model, counted
+                if config.submodel == "on":
+                    raise ValueError(f"user {u}: {err}") from None
+                log.warning("user %d runs on the full model: %s", u, err)
+                pack = None
+            if pack is not None:
+                runner, state = submodel.device, pack.state
+                train_features, test_features = pack.remap(train_features), pack.remap(test_features)
+        packed += runner is not device
+        on_full += runner is device
         records["user"].append(u)
         records["local_ctr"].append(view.local_ctr)
         records["num_train"].append(len(view.train_labels))
@@ -191,8 +236,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
             labels = None if method == "cloud" else device.correct(view.train_labels, CORRECTION[method])
             predictions[method].append(
                 fine_tune_and_predict(
-                    device, _WORKER["state"], view.train_features, labels, view.test_features,
-                    config.learning_rate, config.epochs,
+                    runner, state, train_features, labels, test_features, config.learning_rate, config.epochs,
                 )
             )
             if method != "cloud":
@@ -208,7 +252,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     data = safetensors_bytes(arrays, metadata={"format": MANIFEST_FORMAT, "users": json.dumps(list(users))})
     atomic_write(_WORKER["chunk_dir"] / chunk_name(users[0]), data)
     return {"users": list(users), "sha256": sha256(data), "steps": steps,
-            "rolled_back": device.rolled_back_steps - rolled_back}
+            "rolled_back": rolled() - rolled_back, "submodel_users": packed, "full_users": on_full}
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -356,10 +400,11 @@ def simulate(
         for a in range(start, stop, config.users_per_chunk)
         if (a, min(a + config.users_per_chunk, stop)) not in done
     ]
+    submodel = use_submodel(model_path, config.submodel)  # "on" without a submodel file fails here, in one line
     executor = executor or default_executor(config)
     in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
-    steps = rolled_back = 0
+    steps = rolled_back = packed = on_full = 0
     with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
               disable=None) as bar:
         for entry in executor.map_unordered(
@@ -367,6 +412,8 @@ def simulate(
         ):
             steps += entry.pop("steps")
             rolled_back += entry.pop("rolled_back")
+            packed += entry.pop("submodel_users", 0)
+            on_full += entry.pop("full_users", 0)
             manifest["chunks"][chunk_name(entry["users"][0])] = entry
             atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
             bar.update(entry["users"][1] - entry["users"][0])
@@ -381,6 +428,11 @@ def simulate(
         "device_steps_rolled_back": rolled_back,  # non-finite steps the device dropped (docs/loss_and_correction.md)
         "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
         "resumed_chunks": len(done),
+        # which runtime model ran (docs/submodels.md): the per-device submodel or the full tables
+        "submodel": {"mode": "on" if submodel else "off", "requested": config.submodel,
+                     "capacity": metadata["submodel"]["capacity"] if submodel else None,
+                     "users_on_submodel": packed,
+                     "users_on_full_model": on_full},
         "manifest_hash": manifest["hash"],
     }
     log.info("fleet: %d users in %.1f s (%s users/s), %d chunks reused", simulated, seconds,
