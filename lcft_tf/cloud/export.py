@@ -1,6 +1,6 @@
 """Export a CTR model to one self-training ``.tflite`` file plus JSON metadata.
 
-The file has five signatures, each runnable in the plain LiteRT interpreter
+The file has six signatures, each runnable in the plain LiteRT interpreter
 (builtin ops only, no Flex):
 
 * ``train(<features>, label, sample_weight, learning_rate) -> {loss,
@@ -48,8 +48,7 @@ from lcft_tf.models.losses import corrected_log_loss, weighted_mean
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("train", "infer", "save", "restore", "correct")
-OPTIONAL_SIGNATURES = ("infer_one",)  # files exported before it lack it; the device wrapper falls back to infer
+SIGNATURES = ("train", "infer", "infer_one", "save", "restore", "correct")
 OPTIMIZERS = ("sgd", "adam")
 # Default global gradient-norm clip: above the largest norm measured in
 # ordinary fine-tuning of the bundled models (docs/loss_and_correction.md).
