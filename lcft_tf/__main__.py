@@ -129,13 +129,14 @@ def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
 
 
 def _benchmark_groups() -> list[FlagGroup]:
-    from lcft_tf.benchmark import BenchmarkConfig, FleetBenchmarkConfig
+    from lcft_tf.benchmark import BenchmarkConfig, FleetBenchmarkConfig, VocabBenchmarkConfig
 
     return [
         FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
                                          "batch_sizes": "static batch sizes to export and time.",
                                          "threads": "interpreter thread counts."}),
         FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
+        FlagGroup(VocabBenchmarkConfig, prefix="vocab_"),
     ]
 
 
@@ -154,8 +155,9 @@ def define_flags(command: str) -> dict:
             g.define(FLAGS)
         return {"groups": groups, "data": _define_data_flags()}
     if command == "benchmark":
-        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet"],
-                          "'interpreter' (per-signature latency) or 'fleet' (ML-20M-scale fleet + naive baseline).")
+        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet", "vocab"],
+                          "'interpreter' (per-signature latency), 'fleet' (ML-20M-scale fleet + naive baseline) "
+                          "or 'vocab' (full model vs per-device submodel at growing vocabularies).")
         flags.DEFINE_string("json", None, "also write the results as JSON here.")
         flags.DEFINE_string("plot", None, "also draw latency vs batch size to this PNG (interpreter suite).")
         groups = _benchmark_groups()
@@ -204,7 +206,16 @@ def benchmark_command(spec: dict) -> None:
     from lcft_tf._io import atomic_write, to_json
     from lcft_tf.benchmark import format_table, plot_latency, run_benchmark, run_fleet_benchmark, save_json
 
-    interpreter, fleet = spec["groups"]
+    interpreter, fleet, vocab = spec["groups"]
+    if FLAGS.suite == "vocab":
+        from lcft_tf.benchmark import format_vocab_table, run_vocab_benchmark
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_vocab_benchmark(vocab.build(FLAGS), Path(tmp))
+        print(format_vocab_table(result))
+        if FLAGS.json:
+            atomic_write(FLAGS.json, to_json(result))
+        return
     if FLAGS.suite == "fleet":
         config = fleet.build(FLAGS)
         with tempfile.TemporaryDirectory() as tmp:
