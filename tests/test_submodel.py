@@ -101,6 +101,36 @@ def test_submodel_matches_full_model_and_merges_back(pairs, spec, name, optimize
     assert 30 in set(update.rows["item_id"])  # the OOV ids trained the OOV row in both
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_exact_while_the_global_norm_clip_is_active(spec, tmp_path, optimizer):
+    """The clip rescales by clip / norm; the norms agree (rows outside the
+    pack have zero gradient), so the clipped steps agree too."""
+    path = tmp_path / "din.tflite"
+    export_tflite(build_tiny("din", spec), path, ExportConfig(batch_size=BATCH, optimizer=optimizer, clip_norm=1e-3,
+                                                              submodel_capacity=CAPACITY))
+    full, sub = devices(path)
+    train, test = user_features(spec, 3 * BATCH, seed=8), user_features(spec, 9, seed=9)
+    labels = (np.random.default_rng(4).random(3 * BATCH) < 0.5).astype(np.float32)
+    lr = {"sgd": 50.0, "adam": 0.05}[optimizer]  # clipped SGD steps are short: a large rate moves the weights
+    pack = sub.pack(train, test)
+    sub.device.restore(pack.state)
+    before = full.infer(test)
+    first = {k: v[:BATCH] for k, v in train.items()}
+    extra = {"label": labels[:BATCH], "sample_weight": np.ones(BATCH, np.float32), "learning_rate": np.float32(lr)}
+    norm_full = full.run_signature("train", {**first, **extra})["grad_norm"]
+    norm_sub = sub.device.run_signature("train", {**pack.remap(first), **extra})["grad_norm"]
+    assert norm_full > 100 * 1e-3  # the clip is active
+    np.testing.assert_allclose(norm_sub, norm_full, rtol=1e-6)
+    full.train(train, labels, learning_rate=lr)
+    sub.device.train(pack.remap(train), labels, learning_rate=lr)
+    after = full.infer(test)
+    assert np.abs(after - before).max() > 1e-3
+    np.testing.assert_allclose(sub.device.infer(pack.remap(test)), after, atol=TOL, rtol=0)
+    merged = apply_update(sub.global_state, sub.layout, sparse_update(pack, sub.device.save()))
+    for key, value in full.save().items():
+        np.testing.assert_allclose(merged[key], value, atol=TOL, rtol=0, err_msg=key)
+
+
 def test_ids_outside_the_pack_read_the_oov_row(pairs, spec):
     full, sub = devices(pairs["din", "sgd"])
     train = user_features(spec, 8, seed=4)

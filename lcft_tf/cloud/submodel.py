@@ -386,7 +386,3 @@ class SubmodelDevice:
     def pack(self, *feature_sets: Mapping[str, np.ndarray]) -> Pack:
         return make_pack(self.layout, self.global_state, *feature_sets)
 
-
-def full_model_submodel(full_metadata: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``submodel`` entry of a full model's metadata (None: none exported)."""
-    return full_metadata.get("submodel")
