@@ -385,7 +385,8 @@ class VocabBenchmarkConfig:
     user_items: int = 200  # distinct items in the benchmarked user's pack
     warmup: int = 3
     repeats: int = 30
-    fleet_users: int = 64  # users of the fleet comparison at each vocabulary (0: skip it)
+    fleet_users: int = 256  # users of the fleet comparison (0: skip it); worker start-up is in its time
+    fleet_vocab_sizes: tuple[int, ...] = (300, 200_000)  # the full model at 1M items takes minutes per 100 users
     fleet_samples_per_user: float = 40.0
     measure_memory: bool = True
     seed: int = 0
@@ -405,6 +406,7 @@ class VocabBenchmarkConfig:
             raise ValueError(f"runtimes must be some of {RUNTIMES}, got {list(self.runtimes)}")
         if self.warmup < 0 or self.fleet_users < 0:
             raise ValueError("warmup and fleet_users must be >= 0")
+        positive("fleet_vocab_sizes", *self.fleet_vocab_sizes)
 
 
 def _vocab_user(spec, n: int, items: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -503,9 +505,38 @@ def run_vocab_benchmark(config: VocabBenchmarkConfig, workdir: Path) -> dict[str
         for vocab in config.vocab_sizes:
             log.info("vocab benchmark: %s at %d items", name, vocab)
             rows += benchmark_vocab(name, vocab, config, workdir)
-            if config.fleet_users:
-                fleets.append(vocab_fleet(name, vocab, config, workdir))
-    return {"config": dataclasses.asdict(config), "rows": rows, "fleet": fleets}
+        for vocab in config.fleet_vocab_sizes if config.fleet_users else ():
+            fleets.append(vocab_fleet(name, vocab, config, workdir))
+    return {"config": dataclasses.asdict(config), "rows": rows, "fleet": fleets, "goals": vocab_goals(rows, fleets)}
+
+
+def vocab_goals(rows: list[dict], fleets: list[dict]) -> dict[str, Any]:
+    """The issue's targets as measured ratios (no pass/fail: timings are
+    machine-dependent): submodel step at the largest vocabulary over the full
+    step at the smallest, the slowest per-user submodel restore, and fleet
+    users/s of submodels over the full model and over the smallest vocabulary."""
+    out: dict[str, Any] = {}
+    pick = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    for model in sorted({r["model"] for r in rows}):
+        for runtime in sorted({r["runtime"] for r in rows}):
+            vocabs = sorted({r["vocab"] for r in pick(model=model, runtime=runtime)})
+            small = pick(model=model, runtime=runtime, vocab=vocabs[0], variant="full")
+            big = pick(model=model, runtime=runtime, vocab=vocabs[-1], variant="submodel")
+            subs = pick(model=model, runtime=runtime, variant="submodel")
+            out[f"{model}/{runtime}"] = {
+                f"submodel_step_at_{vocabs[-1]}_over_full_step_at_{vocabs[0]}":
+                    big[0]["train_ms"] / small[0]["train_ms"] if big and small else None,
+                "max_submodel_restore_ms": max((r["restore_ms"] for r in subs), default=None),
+            }
+        runs = sorted((f for f in fleets if f["model"] == model), key=lambda f: f["vocab"])
+        if len(runs) > 1:
+            base = runs[0]["users_per_s_full"]
+            out[f"{model}/fleet"] = {
+                f"at_{f['vocab']}": {"submodel_over_full": f["users_per_s_submodel"] / f["users_per_s_full"],
+                                     f"submodel_over_full_at_{runs[0]['vocab']}": f["users_per_s_submodel"] / base}
+                for f in runs[1:]
+            }
+    return out
 
 
 def format_vocab_table(result: dict[str, Any]) -> str:
@@ -516,4 +547,5 @@ def format_vocab_table(result: dict[str, Any]) -> str:
     for f in result["fleet"]:
         lines.append(f"fleet {f['model']} {f['vocab']}: users/s full {fmt(f['users_per_s_full'])}, "
                      f"submodel {fmt(f['users_per_s_submodel'])}")
+    lines.append("goals: " + json.dumps(result["goals"], indent=1))
     return "\n".join(lines)
