@@ -285,8 +285,10 @@ def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
             id_maps[table] = np.arange(t.rows, dtype=np.int64)
             continue
         ids = np.unique(np.concatenate(used[table])) if used[table] else np.zeros(0, np.int64)
-        ids = ids[(ids >= 0) & (ids < t.vocab_size)]  # others read the OOV row either way
-        ids = np.setdiff1d(ids, t.reserved_ids)
+        keep = (ids >= 0) & (ids < t.vocab_size)  # others read the OOV row either way
+        for r in t.reserved_ids:
+            keep &= ids != r
+        ids = ids[keep]
         if len(ids) + len(t.reserved_ids) > t.rows:
             raise PackCapacityError(
                 f"table {table!r}: the device uses {len(ids) + len(t.reserved_ids)} rows, the submodel holds "
@@ -302,7 +304,7 @@ def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
     for name, value in global_state.items():
         table = table_of.get(name)
         if table is None:
-            state[name] = np.array(value)
+            state[name] = value  # shared, not copied: restore copies it into the model
             continue
         rows = np.append(id_maps[table], layout.tables[table].vocab_size)  # last row: OOV
         if value.shape[0] != layout.tables[table].vocab_size + 1:
