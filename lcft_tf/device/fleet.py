@@ -39,8 +39,8 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf._io import atomic_write, sha256, to_json
-from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.cloud.submodel import PackCapacityError
+from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
 from lcft_tf.validation import learning_rate
@@ -378,6 +378,10 @@ def simulate(
         raise ValueError(f"method 'hard' needs a hard correction table in {model_path}")
     # The workers' OnDeviceModel checks the file against this sha256.
     key = fleet_key(metadata["tflite_sha256"], dataset.summary(), (start, stop), config)
+    submodel = use_submodel(model_path, config.submodel)  # "on" without a submodel file fails here, in one line
+    if submodel:  # "auto" depends on the files: a resume must not mix chunks of the two models
+        sub_meta = (model_path.parent / metadata["submodel"]["file"]).with_suffix(".json")
+        key["submodel_sha256"] = json.loads(sub_meta.read_text())["tflite_sha256"]
     chunk_dir = out_dir / "chunks"
     manifest_path = out_dir / "fleet.json"
     manifest = {"format": MANIFEST_FORMAT, "hash": config_hash(key), "key": json.loads(to_json(key)),
@@ -400,7 +404,6 @@ def simulate(
         for a in range(start, stop, config.users_per_chunk)
         if (a, min(a + config.users_per_chunk, stop)) not in done
     ]
-    submodel = use_submodel(model_path, config.submodel)  # "on" without a submodel file fails here, in one line
     executor = executor or default_executor(config)
     in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
