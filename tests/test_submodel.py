@@ -249,3 +249,20 @@ def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec,
         simulate(path, root / "dataset", tmp_path / "out", FleetConfig(methods=("cloud",), submodel="on", workers=1))
     with pytest.raises(ValueError, match="submodel must be one of"):
         FleetConfig(submodel="yes")
+
+
+def test_vocab_benchmark_submodel_size_does_not_grow_with_the_catalogue(tmp_path):
+    """The suite's own numbers (no timings asserted): the full file grows with
+    the item vocabulary, the submodel file and the pack do not."""
+    from lcft_tf.benchmark import VocabBenchmarkConfig, run_vocab_benchmark
+
+    config = VocabBenchmarkConfig(models=("lr",), vocab_sizes=(600, 3000), capacity=512, user_items=50, warmup=0,
+                                  repeats=1, fleet_users=0, measure_memory=False, runtimes=("interpreter",))
+    result = run_vocab_benchmark(config, tmp_path)
+    rows = {(r["vocab"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) == {(600, "full"), (600, "submodel"), (3000, "full"), (3000, "submodel")}
+    grown = (rows[3000, "full"]["file_mib"] - rows[600, "full"]["file_mib"]) * 2**20
+    assert grown >= 2400 * 4  # LR's item table: one float32 per id
+    assert rows[3000, "submodel"]["file_mib"] == rows[600, "submodel"]["file_mib"]
+    assert rows[3000, "submodel"]["pack_kib"] == rows[600, "submodel"]["pack_kib"]
+    assert "submodel_step_at_3000_over_full_step_at_600" in result["goals"]["lr/interpreter"]
