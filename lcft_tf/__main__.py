@@ -142,7 +142,7 @@ def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
 
 
 def _benchmark_groups() -> list[FlagGroup]:
-    from lcft_tf.benchmark import BenchmarkConfig, CodaBenchmarkConfig, FleetBenchmarkConfig
+    from lcft_tf.benchmark import BenchmarkConfig, CodaBenchmarkConfig, FleetBenchmarkConfig, VocabBenchmarkConfig
 
     return [
         FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
@@ -150,6 +150,7 @@ def _benchmark_groups() -> list[FlagGroup]:
                                          "threads": "interpreter thread counts."}),
         FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
         FlagGroup(CodaBenchmarkConfig, prefix="coda_"),
+        FlagGroup(VocabBenchmarkConfig, prefix="vocab_"),
     ]
 
 
@@ -168,9 +169,10 @@ def define_flags(command: str) -> dict:
             g.define(FLAGS)
         return {"groups": groups, "data": _define_data_flags()}
     if command == "benchmark":
-        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet", "coda"],
-                          "'interpreter' (per-signature latency), 'fleet' (ML-20M-scale fleet + naive baseline) "
-                          "or 'coda' (retrieval, CoDA fleet vs Local, the sample classifier).")
+        flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet", "coda", "vocab"],
+                          "'interpreter' (per-signature latency), 'fleet' (ML-20M-scale fleet + naive baseline), "
+                          "'coda' (retrieval, CoDA fleet vs Local, the sample classifier) or 'vocab' (full model vs "
+                          "per-device submodel at growing vocabularies).")
         flags.DEFINE_string("json", None, "also write the results as JSON here.")
         flags.DEFINE_string("plot", None, "also draw latency vs batch size to this PNG (interpreter suite).")
         groups = _benchmark_groups()
@@ -222,7 +224,16 @@ def benchmark_command(spec: dict) -> None:
     from lcft_tf.benchmark import (format_table, plot_latency, run_benchmark, run_coda_benchmark, run_fleet_benchmark,
                                    save_json)
 
-    interpreter, fleet, coda = spec["groups"]
+    interpreter, fleet, coda, vocab = spec["groups"]
+    if FLAGS.suite == "vocab":
+        from lcft_tf.benchmark import format_vocab_table, run_vocab_benchmark
+
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_vocab_benchmark(vocab.build(FLAGS), Path(tmp))
+        print(format_vocab_table(result))
+        if FLAGS.json:
+            atomic_write(FLAGS.json, to_json(result))
+        return
     if FLAGS.suite in ("fleet", "coda"):
         config, run_suite = (fleet.build(FLAGS), run_fleet_benchmark) if FLAGS.suite == "fleet" else (
             coda.build(FLAGS), run_coda_benchmark)

@@ -1,6 +1,6 @@
 """Export a CTR model to one self-training ``.tflite`` file plus JSON metadata.
 
-The file has five signatures, each runnable in the plain LiteRT interpreter
+The file has six signatures, each runnable in the plain LiteRT interpreter
 (builtin ops only, no Flex):
 
 * ``train(<features>, label, sample_weight, learning_rate) -> {loss,
@@ -9,6 +9,8 @@ The file has five signatures, each runnable in the plain LiteRT interpreter
   norm of ``clip_norm``; a step that would leave any weight, slot or the loss
   non-finite is not applied (``applied`` 0, state bit-exactly unchanged).
 * ``infer(<features>) -> {probability}``
+* ``infer_one(<features of one row>) -> {probability}``: the same model at
+  batch 1, so scoring one candidate does not pay for a padded batch.
 * ``save() -> {<state name>: tensor}``: every variable needed to resume
   (model weights and optimizer slots).
 * ``restore(<state name>: tensor...) -> {num_restored}``
@@ -46,7 +48,7 @@ from lcft_tf.models.losses import corrected_log_loss, weighted_mean
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("train", "infer", "save", "restore", "correct")
+SIGNATURES = ("train", "infer", "infer_one", "save", "restore", "correct")
 OPTIMIZERS = ("sgd", "adam")
 # Default global gradient-norm clip: above the largest norm measured in
 # ordinary fine-tuning of the bundled models (docs/loss_and_correction.md).
@@ -72,6 +74,9 @@ class ExportConfig:
     adam_epsilon: float = 1e-7
     # Global gradient-norm clip of every step (docs/loss_and_correction.md).
     clip_norm: float = CLIP_NORM
+    # Rows per embedding table of the per-device submodel written beside the
+    # file when a table is larger (0: never); docs/submodels.md.
+    submodel_capacity: int = 4096
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -83,6 +88,8 @@ class ExportConfig:
         validation.learning_rate(self.learning_rate)
         if not (np.isfinite(np.float32(self.clip_norm)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")
+        if self.submodel_capacity < 0:
+            raise ValueError(f"submodel_capacity must be >= 0 (0: no submodel), got {self.submodel_capacity}")
 
 
 def _state_name(path: str, taken: set[str]) -> str:
@@ -134,8 +141,8 @@ class TrainableModule(tf.Module):
         self._betas = tf.constant(table.betas, tf.float32)
 
     # -- signature input specs --------------------------------------------
-    def feature_specs(self) -> dict[str, tf.TensorSpec]:
-        b = self.config.batch_size
+    def feature_specs(self, batch_size: int | None = None) -> dict[str, tf.TensorSpec]:
+        b = batch_size or self.config.batch_size
         return {
             n: tf.TensorSpec([b, *self.spec.shape(n)[1:]], tf.as_dtype(self.spec.dtype(n)), name=n)
             for n in self.spec.names
@@ -199,7 +206,7 @@ class TrainableModule(tf.Module):
         return out
 
     def infer(self, **features) -> dict[str, tf.Tensor]:
-        return {"probability": tf.sigmoid(self.model(features, training=False))}
+        return {"probability": tf.sigmoid(self.model(features, training=False))}  # infer and infer_one
 
     def save(self) -> dict[str, tf.Tensor]:
         return {n: tf.identity(v.read_value()) for n, v in zip(self.state_names, self._state)}
@@ -241,10 +248,11 @@ class TrainableModule(tf.Module):
 
     # -- concrete functions -----------------------------------------------
     def concrete_functions(self) -> dict[str, Any]:
-        """The five signatures as concrete functions, keyed by signature name."""
+        """The signatures as concrete functions, keyed by signature name."""
         return {
             "train": tf.function(self.train).get_concrete_function(**self.train_specs()),
             "infer": tf.function(self.infer).get_concrete_function(**self.feature_specs()),
+            "infer_one": tf.function(self.infer).get_concrete_function(**self.feature_specs(1)),
             "save": tf.function(self.save).get_concrete_function(),
             "restore": tf.function(self.restore).get_concrete_function(**self.restore_specs()),
             "correct": tf.function(self.correct).get_concrete_function(**self.correct_specs()),
@@ -333,6 +341,10 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
                 "inputs": feature_inputs,
                 "outputs": [{"name": "probability", "shape": [c.batch_size], "dtype": "float32"}],
             },
+            "infer_one": {
+                "inputs": [_tensor_info(s, n) for n, s in module.feature_specs(1).items()],
+                "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"}],
+            },
             "save": {"inputs": [], "outputs": state},
             "restore": {"inputs": state, "outputs": [{"name": "num_restored", "shape": [], "dtype": "int32"}]},
             "correct": {
@@ -367,11 +379,22 @@ def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig
     path = Path(path)
     if path.suffix != ".tflite":
         raise ValueError(f"export path must end in .tflite, got {str(path)!r}")
+    from lcft_tf.cloud.submodel import export_submodel, needs_submodel, submodel_path
+
     start = time.perf_counter()
     module = TrainableModule(model, config)
     tflite = convert(module)
     seconds = time.perf_counter() - start
     metadata = build_metadata(module, tflite)
+    sub = submodel_path(path)
+    metadata["submodel"] = None
+    if needs_submodel(model.spec, config.submodel_capacity):
+        # A device fine-tunes only the rows it uses (docs/submodels.md).
+        export_submodel(model, sub, config, metadata)
+        metadata["submodel"] = {"file": sub.name, "capacity": config.submodel_capacity}
+    else:
+        for stale in (sub, sub.with_suffix(".json")):  # never leave a submodel of an older export beside this one
+            stale.unlink(missing_ok=True)
     atomic_write(path, tflite)
     atomic_write(path.with_suffix(".json"), json.dumps(metadata, indent=2).encode())
     log.info("exported %s (%.1f KiB) in %.1f s", path, len(tflite) / 1024, seconds)

@@ -39,6 +39,7 @@ from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf._io import atomic_write, sha256, to_json
+from lcft_tf.cloud.submodel import PackCapacityError
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.coda import METHOD_CONFIGS, CodaConfig, coda_fine_tune_and_predict, method_config
 from lcft_tf.device.model import OnDeviceModel
@@ -48,6 +49,7 @@ from lcft_tf.validation import learning_rate
 log = logging.getLogger(__name__)
 
 # The one list of methods: Cloud, Local and LCFT's corrections, then CoDA's.
+SUBMODEL_MODES = ("auto", "on", "off")
 CORRECTION = {"local": "none", "soft1": "soft1", "soft2": "soft2", "hard": "hard"}
 LCFT_METHODS = ("cloud", *CORRECTION)
 CODA_METHODS = tuple(METHOD_CONFIGS)
@@ -66,6 +68,9 @@ class FleetConfig:
     # CoDA's device options (keep rule, classifier training); the methods
     # set use_classifier / correction themselves (lcft_tf.device.coda).
     coda: CodaConfig = CodaConfig()
+    # Per-device submodels (docs/submodels.md): "auto" uses the exported
+    # <name>.sub.tflite when there is one, "on" requires it, "off" never.
+    submodel: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -74,6 +79,8 @@ class FleetConfig:
         learning_rate(self.learning_rate)
         if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
             raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
+        if self.submodel not in SUBMODEL_MODES:
+            raise ValueError(f"submodel must be one of {SUBMODEL_MODES}, got {self.submodel!r}")
 
 
 # -- executors ---------------------------------------------------------------
@@ -165,9 +172,16 @@ def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_d
     if in_child:
         exit_with_parent()
     device = OnDeviceModel(model_path, num_threads=config.interpreter_threads)
+    state = device.save()
+    submodel = None
+    if use_submodel(model_path, config.submodel):
+        from lcft_tf.cloud.submodel import SubmodelDevice
+
+        submodel = SubmodelDevice(model_path, state, num_threads=config.interpreter_threads)
     _WORKER.update(
         device=device,
-        state=device.save(),
+        submodel=submodel,
+        state=state,
         dataset=CTRDataset.load(dataset_dir),
         config=config,
         chunk_dir=Path(chunk_dir),
@@ -187,19 +201,40 @@ def _coda_config(method: str, base: CodaConfig) -> CodaConfig:
     return method_config(method, **own)
 
 
-def _coda_predictions(method: str, u: int, view, config: FleetConfig) -> tuple[np.ndarray, int]:
-    """One user's CoDA test predictions and the number of kept samples."""
+def _retrieved(u: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """The samples the cloud retrieved for user ``u``: features, labels, their
+    embeddings, and the embeddings of the user's own train samples."""
     dataset: CTRDataset = _WORKER["dataset"]
     inputs = _WORKER["coda"]
     ids = inputs.retrieval.user(u)
     first, split = int(dataset.offsets[u]), int(dataset.split[u])
+    return dataset.take(ids), dataset.labels[ids], inputs.embeddings[ids], inputs.embeddings[first:split]
+
+
+def _coda_predictions(method: str, u: int, view, config: FleetConfig, runner: OnDeviceModel, state, train_features,
+                      test_features, retrieved) -> tuple[np.ndarray, int]:
+    """One user's CoDA test predictions and the number of kept samples."""
+    features, labels, retrieved_embeddings, local_embeddings = retrieved
     result = coda_fine_tune_and_predict(
-        _WORKER["device"], _WORKER["state"], view.train_features, view.train_labels, view.test_features,
-        dataset.take(ids), dataset.labels[ids], config.learning_rate, config.epochs, _coda_config(method, config.coda),
-        _WORKER["classifier"], _WORKER["classifier_state"], inputs.embeddings[first:split], inputs.embeddings[ids],
-        seed=u,
+        runner, state, train_features, view.train_labels, test_features, features, labels,
+        config.learning_rate, config.epochs, _coda_config(method, config.coda),
+        _WORKER["classifier"], _WORKER["classifier_state"], local_embeddings, retrieved_embeddings, seed=u,
     )
     return result.predictions, result.kept
+
+
+def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
+    """Whether the fleet runs users on the submodel exported beside
+    ``model_path`` (written only when a table exceeds its capacity)."""
+    if mode == "off":
+        return False
+    metadata = json.loads(Path(model_path).with_suffix(".json").read_text())
+    if metadata.get("submodel"):
+        return True
+    if mode == "on":
+        raise ValueError(f"--device_submodel=on but {model_path} has no submodel (export with a "
+                         "submodel_capacity below the largest vocabulary)")
+    return False
 
 
 def chunk_name(start: int) -> str:
@@ -215,11 +250,32 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
     predictions: dict[str, list] = {m: [] for m in config.methods}
     kept: dict[str, list] = {m: [] for m in config.methods if m in CODA_METHODS}
-    steps, rolled_back = 0, device.rolled_back_steps
+    submodel = _WORKER["submodel"]
+    rolled = lambda: device.rolled_back_steps + (submodel.device.rolled_back_steps if submodel else 0)
+    steps, rolled_back, packed, on_full = 0, rolled(), 0, 0
     for u in range(*users):
         view = dataset.user(u)
         if len(view.test_labels) == 0:
             continue  # nothing to evaluate
+        # The user's pack on the submodel (same predictions, docs/submodels.md), else the full model.
+        runner, state, train_features, test_features = device, _WORKER["state"], view.train_features, view.test_features
+        retrieved = _retrieved(u) if kept else None  # CoDA: the cloud's samples for this user
+        if submodel is not None:
+            try:
+                # The pack holds the rows of every sample the device will see, retrieved ones included.
+                pack = submodel.pack(view.train_features, view.test_features, *([retrieved[0]] if retrieved else []))
+            except PackCapacityError as err:  # "on": fail in one line; "auto": this user on the full model, counted
+                if config.submodel == "on":
+                    raise ValueError(f"user {u}: {err}") from None
+                log.warning("user %d runs on the full model: %s", u, err)
+                pack = None
+            if pack is not None:
+                runner, state = submodel.device, pack.state
+                train_features, test_features = pack.remap(train_features), pack.remap(test_features)
+                if retrieved:
+                    retrieved = (pack.remap(retrieved[0]), *retrieved[1:])
+        packed += runner is not device
+        on_full += runner is device
         records["user"].append(u)
         records["local_ctr"].append(view.local_ctr)
         records["num_train"].append(len(view.train_labels))
@@ -228,14 +284,14 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
         for method in config.methods:
             rows = len(view.train_labels)
             if method in CODA_METHODS:
-                prediction, extra = _coda_predictions(method, u, view, config)
+                prediction, extra = _coda_predictions(method, u, view, config, runner, state, train_features,
+                                                      test_features, retrieved)
                 kept[method].append(extra)
                 rows += extra
             else:
                 labels = None if method == "cloud" else device.correct(view.train_labels, CORRECTION[method])
                 prediction = fine_tune_and_predict(
-                    device, _WORKER["state"], view.train_features, labels, view.test_features,
-                    config.learning_rate, config.epochs,
+                    runner, state, train_features, labels, test_features, config.learning_rate, config.epochs,
                 )
             predictions[method].append(prediction)
             if method != "cloud":
@@ -252,7 +308,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
     data = safetensors_bytes(arrays, metadata={"format": MANIFEST_FORMAT, "users": json.dumps(list(users))})
     atomic_write(_WORKER["chunk_dir"] / chunk_name(users[0]), data)
     return {"users": list(users), "sha256": sha256(data), "steps": steps,
-            "rolled_back": device.rolled_back_steps - rolled_back}
+            "rolled_back": rolled() - rolled_back, "submodel_users": packed, "full_users": on_full}
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -393,6 +449,10 @@ def simulate(
     key = fleet_key(metadata["tflite_sha256"], dataset.summary(), (start, stop), config)
     if coda is not None:
         key["coda_files"] = coda
+    submodel = use_submodel(model_path, config.submodel)  # "on" without a submodel file fails here, in one line
+    if submodel:  # "auto" depends on the files: a resume must not mix chunks of the two models
+        sub_meta = (model_path.parent / metadata["submodel"]["file"]).with_suffix(".json")
+        key["submodel_sha256"] = json.loads(sub_meta.read_text())["tflite_sha256"]
     chunk_dir = out_dir / "chunks"
     manifest_path = out_dir / "fleet.json"
     manifest = {"format": MANIFEST_FORMAT, "hash": config_hash(key), "key": json.loads(to_json(key)),
@@ -418,7 +478,7 @@ def simulate(
     executor = executor or default_executor(config)
     in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
-    steps = rolled_back = 0
+    steps = rolled_back = packed = on_full = 0
     with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
               disable=None) as bar:
         for entry in executor.map_unordered(
@@ -427,6 +487,8 @@ def simulate(
         ):
             steps += entry.pop("steps")
             rolled_back += entry.pop("rolled_back")
+            packed += entry.pop("submodel_users", 0)
+            on_full += entry.pop("full_users", 0)
             manifest["chunks"][chunk_name(entry["users"][0])] = entry
             atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
             bar.update(entry["users"][1] - entry["users"][0])
@@ -441,6 +503,11 @@ def simulate(
         "device_steps_rolled_back": rolled_back,  # non-finite steps the device dropped (docs/loss_and_correction.md)
         "device_steps_per_second": steps / seconds if seconds > 0 and steps else None,
         "resumed_chunks": len(done),
+        # which runtime model ran (docs/submodels.md): the per-device submodel or the full tables
+        "submodel": {"mode": "on" if submodel else "off", "requested": config.submodel,
+                     "capacity": metadata["submodel"]["capacity"] if submodel else None,
+                     "users_on_submodel": packed,
+                     "users_on_full_model": on_full},
         "manifest_hash": manifest["hash"],
         **({"coda_mean_kept": {m: float(k.mean()) if len(k) else None for m, k in results.kept.items()}}
            if results.kept else {}),

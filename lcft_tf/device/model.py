@@ -2,7 +2,8 @@
 
 Method names follow the steps an Android app takes (see
 ``tflite_models/README.md``): :meth:`OnDeviceModel.run_signature` is
-``Interpreter.runSignature(inputs, outputs, key)``; :meth:`train`,
+``Interpreter.runSignature(inputs, outputs, key)`` (or, with
+``runtime="compiled"``, LiteRT's ``CompiledModel.run``); :meth:`train`,
 :meth:`infer`, :meth:`save`, :meth:`restore` and :meth:`correct` run the
 signatures of the same names on inputs of any length (split into and
 padded to the file's static batch), after checking every input so that
@@ -27,6 +28,8 @@ from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_c
 from lcft_tf.features import FeatureSpec
 
 SIGNATURES = ("train", "infer", "save", "restore", "correct")
+OPTIONAL_SIGNATURES = ("infer_one",)  # batch-1 scoring; older files lack it and use infer
+RUNTIMES = ("interpreter", "compiled")
 FORMAT, FORMAT_VERSION = "lcft-tflite", 2  # 2: train outputs grad_norm/applied, correct outputs valid
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,10 @@ class OnDeviceModel:
     """Runs the ``train`` / ``infer`` / ``save`` / ``restore`` / ``correct``
     signatures of ``<name>.tflite``, configured by ``<name>.json`` beside it."""
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1, runtime: str = "interpreter"):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        self.runtime = runtime
         self.path = Path(path)
         meta_path = self.path.with_suffix(".json")
         if not self.path.is_file():
@@ -50,11 +56,19 @@ class OnDeviceModel:
             raise ValueError(f"{meta_path}: format {version}, this package reads {(FORMAT, FORMAT_VERSION)}; re-export the model")
         if self.metadata.get("tflite_sha256") != sha256(content):
             raise ValueError(f"{self.path} does not match the sha256 in {meta_path} (file changed after export?)")
-        self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
-        found = set(self.interpreter.get_signature_list())
-        if found != set(SIGNATURES):
+        if runtime == "interpreter":
+            self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            found = set(self.interpreter.get_signature_list())
+            runner = self.interpreter.get_signature_runner
+        else:
+            self.interpreter = _compiled_model(content, num_threads)
+            found = set(self.interpreter.get_signature_list())
+            runner = lambda key: _CompiledSignature(self.interpreter, key)
+        optional = found & set(OPTIONAL_SIGNATURES)
+        if found - optional != set(SIGNATURES):
             raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(SIGNATURES)}")
-        self._runners = {key: self.interpreter.get_signature_runner(key) for key in SIGNATURES}
+        self.signatures = (*SIGNATURES, *sorted(optional))
+        self._runners = {key: runner(key) for key in self.signatures}
         self._check_signatures(meta_path)
         self.spec = FeatureSpec.from_json(self.metadata["feature_spec"])
         self.batch_size = int(self.metadata["batch_size"])
@@ -77,14 +91,17 @@ class OnDeviceModel:
         """Run signature ``key`` on exactly its inputs (static shapes), like
         Android's ``runSignature``; no padding or checks beyond LiteRT's own."""
         if key not in self._runners:
-            raise ValueError(f"unknown signature {key!r}; the file has {list(SIGNATURES)}")
+            raise ValueError(f"unknown signature {key!r}; the file has {list(self.signatures)}")
         return self._runners[key](**(inputs or {}))
 
     # -- high-level steps -------------------------------------------------
     def infer(self, features: Mapping[str, Any]) -> np.ndarray:
-        """Click probabilities [N] for N samples."""
+        """Click probabilities [N] for N samples; a single row runs the
+        batch-1 ``infer_one`` signature when the file has it."""
         features = self.spec.validate(features)
         n = _rows(features)
+        if n == 1 and "infer_one" in self._runners:
+            return np.array(self._runners["infer_one"](**features)["probability"], np.float32).reshape(1)
         run = self._runners["infer"]
         out = np.empty(n, np.float32)
         for start in range(0, n, self.batch_size):
@@ -200,7 +217,7 @@ class OnDeviceModel:
         """Every input/output name, shape and dtype in the JSON must be the
         interpreter's own; an edited JSON fails here, not inside LiteRT."""
         declared = self.metadata.get("signatures") or {}
-        for key in SIGNATURES:
+        for key in self.signatures:
             runner = self._runners[key]
             actual = {"inputs": runner.get_input_details(), "outputs": runner.get_output_details()}
             for side in ("inputs", "outputs"):
@@ -259,6 +276,58 @@ class OnDeviceModel:
             padded[:rows] = v[start:]
             batch[k] = padded
         return batch, rows
+
+
+def _compiled_model(content: bytes, num_threads: int | None):
+    """LiteRT's CompiledModel on the CPU (XNNPACK) with ``num_threads``."""
+    from ai_edge_litert.compiled_model import CompiledModel
+    from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+    from ai_edge_litert.options import Options
+
+    options = Options(hardware_accelerators=HardwareAccelerator.CPU)
+    if num_threads:
+        options.cpu_options.num_threads = int(num_threads)
+    return CompiledModel.from_buffer(content, options=options)
+
+
+class _CompiledSignature:
+    """One signature of a LiteRT ``CompiledModel``, called like the
+    interpreter's signature runner (``runner(**inputs) -> {name: array}``).
+    Buffers are made once; inputs are written and outputs read in the order
+    of the signature's input/output lists, which is the buffers' order
+    (checked against the buffers' own shapes here)."""
+
+    def __init__(self, model, key: str):
+        self.model, self.key = model, key
+        self.index = model.get_signature_index(key)
+        listed = model.get_signature_list()[key]
+        inputs, outputs = model.get_input_tensor_details(key), model.get_output_tensor_details(key)
+        self._inputs = [(n, inputs[n]) for n in listed["inputs"]]
+        self._outputs = [(n, outputs[n]) for n in listed["outputs"]]
+        self._in_buffers = model.create_input_buffers(self.index)
+        self._out_buffers = model.create_output_buffers(self.index)
+        for (name, detail), buffer in [*zip(self._inputs, self._in_buffers), *zip(self._outputs, self._out_buffers)]:
+            got = buffer.get_tensor_details()
+            if list(got["shape"]) != list(detail["shape"]) or np.dtype(got["dtype"]) != np.dtype(detail["dtype"]):
+                raise ValueError(f"CompiledModel signature {key!r}: buffer order differs from the listed tensors at {name!r}")
+
+    def get_input_details(self) -> dict[str, dict]:
+        return dict(self._inputs)
+
+    def get_output_details(self) -> dict[str, dict]:
+        return dict(self._outputs)
+
+    def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        for (name, detail), buffer in zip(self._inputs, self._in_buffers):
+            value = np.asarray(inputs[name], np.dtype(detail["dtype"]))
+            if list(value.shape) != list(detail["shape"]):
+                raise ValueError(f"{self.key}.{name}: expected shape {detail['shape']}, got {list(value.shape)}")
+            buffer.write(value)
+        self.model.run_by_index(self.index, self._in_buffers, self._out_buffers)
+        return {
+            name: buffer.read(int(np.prod(detail["shape"], dtype=np.int64)), np.dtype(detail["dtype"])).reshape(detail["shape"])
+            for (name, detail), buffer in zip(self._outputs, self._out_buffers)
+        }
 
 
 def _rows(features: Mapping[str, np.ndarray]) -> int:
