@@ -124,3 +124,27 @@ def test_fleet_workers_do_not_import_tensorflow():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_coda_on_per_device_submodels_equals_the_full_model(coda_run, tmp_path):
+    import keras
+
+    from lcft_tf.cloud.export import export_tflite
+
+    config, _ = coda_run
+    run = Path(config.output_dir) / "coda"
+    model = keras.models.load_model(run / "wide_deep_seed0" / "cloud" / "wide_deep.keras")
+    path = tmp_path / "wide_deep.tflite"
+    # A capacity below the item table (41 rows) makes the export write a submodel.
+    export_tflite(model, path, dataclasses.replace(config.export, learning_rate=0.1, submodel_capacity=36))
+    fleet = dataclasses.replace(config.fleet, methods=("local", *CODA_METHODS))
+    args = (path, run / "dataset")
+    sub = simulate(*args, tmp_path / "sub", dataclasses.replace(fleet, submodel="auto"),
+                   coda_dir=run / "wide_deep_seed0" / "coda")
+    full = simulate(*args, tmp_path / "full", dataclasses.replace(fleet, submodel="off"),
+                    coda_dir=run / "wide_deep_seed0" / "coda")
+    assert sub.stats["submodel"]["users_on_submodel"] > 0
+    for m in fleet.methods:
+        np.testing.assert_allclose(sub.predictions[m], full.predictions[m], atol=1e-6, rtol=0)
+    for m in CODA_METHODS:
+        np.testing.assert_array_equal(sub.kept[m], full.kept[m])
