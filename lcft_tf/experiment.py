@@ -263,7 +263,8 @@ def _model_stages(model_name: str, seed: int, dataset: CTRDataset, config: Exper
             model = load()
             _fresh(hard.directory)
             search = hard.directory / f"{model_name}.tflite"
-            export_tflite(model, search, _export_config(config, dataset.global_ctr))
+            # The search runs on the full model: no submodel to convert.
+            export_tflite(model, search, dataclasses.replace(_export_config(config, dataset.global_ctr), submodel_capacity=0))
             table, report = search_hard_table(search, dataset, dataclasses.replace(config.hard, seed=seed),
                                               config.fleet.learning_rate, config.fleet.epochs)
             atomic_write(hard.directory / "hard.json", to_json({"table": table.to_json(), "search": report}))
@@ -278,8 +279,10 @@ def _model_stages(model_name: str, seed: int, dataset: CTRDataset, config: Exper
         rebuilt = True
         model = load()
         _fresh(exported.directory)
-        export_tflite(model, path, _export_config(config, dataset.global_ctr, table))
-        exported.commit([path.name, path.with_suffix(".json").name])
+        meta = export_tflite(model, path, _export_config(config, dataset.global_ctr, table))
+        sub = meta.get("submodel")  # a per-device submodel beside the file (docs/submodels.md)
+        extra = [sub["file"], str(Path(sub["file"]).with_suffix(".json"))] if sub else []
+        exported.commit([path.name, path.with_suffix(".json").name, *extra])
 
     coda = stages.get(f"{run}/coda")
     if coda is not None:
