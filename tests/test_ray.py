@@ -144,3 +144,12 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
     assert on_ray["summary"] == serial["summary"]
     hard = lambda r: r["runs"]["lr"]["0"]["cloud"]["hard_search"]["groups"]
     assert hard(on_ray) == hard(serial)
+
+
+def test_executor_settings_are_checked():
+    with pytest.raises(ValueError, match="unknown executor 'dask'"):
+        FleetConfig(executor="dask")
+    with pytest.raises(ValueError, match="needs executor 'ray'"):
+        FleetConfig(executor="process", ray_address="auto")
+    # where the fleet runs is not part of its key (a resume may switch executors)
+    assert FleetConfig(executor="ray", ray_address="auto", workers=8).key() == FleetConfig().key()
