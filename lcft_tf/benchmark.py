@@ -366,11 +366,28 @@ def _chunk_predictions(chunk_dir: Path) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k.startswith("pred.")}
 
 
+def _timed_fleets(config: FleetBenchmarkConfig, fleet_config, executor, path: Path, workdir: Path, n: int) -> dict[str, Any]:
+    """The full fleet and the naive comparison's small one on ``executor``;
+    Ray's start-up (if it starts here) is timed apart from the fleets."""
+    from lcft_tf.device.fleet import simulate
+
+    start = time.perf_counter()
+    if hasattr(executor, "start"):
+        executor.start()
+    out: dict[str, Any] = {"executor": config.executor, "executor_start_seconds": time.perf_counter() - start}
+    out["_fleet"] = simulate(path, workdir / "dataset", workdir / "fleet", fleet_config, executor=executor)
+    # Naive vs fleet on the same users, measured one after the other in this run.
+    out["_small"] = simulate(path, workdir / "dataset", workdir / "fleet_small",
+                             dataclasses.replace(fleet_config, methods=config.naive_methods), users=(0, n),
+                             executor=executor)
+    return out
+
+
 def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str, Any]:
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
-    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.device.fleet import FleetConfig, default_executor
     from lcft_tf.evaluation.metrics import user_weighted_auc
 
     out: dict[str, Any] = {"config": dataclasses.asdict(config)}
@@ -392,16 +409,17 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
 
     fleet_config = FleetConfig(methods=config.methods, learning_rate=config.device_lr, workers=config.workers,
                                executor=config.executor)
-    fleet = simulate(path, workdir / "dataset", workdir / "fleet", fleet_config)
-    out["executor"] = config.executor
+    n = min(config.naive_users, data.num_users)
+    executor = default_executor(fleet_config)  # one for both fleets below
+    try:
+        out.update(_timed_fleets(config, fleet_config, executor, path, workdir, n))
+    finally:
+        executor.close()
+    fleet, small = out.pop("_fleet"), out.pop("_small")
     out["fleet"] = fleet.stats
     index = np.repeat(np.arange(len(fleet.users)), fleet.num_test)
     out["fleet_auc"] = {m: user_weighted_auc(index, fleet.labels, p).value for m, p in fleet.predictions.items()}
 
-    # Naive vs fleet on the same users, measured one after the other in this run.
-    n = min(config.naive_users, data.num_users)
-    small = simulate(path, workdir / "dataset", workdir / "fleet_small",
-                     dataclasses.replace(fleet_config, methods=config.naive_methods), users=(0, n))
     weights = model.get_weights()
     start = time.perf_counter()
     naive = {m: [] for m in config.naive_methods}
