@@ -87,7 +87,10 @@ class RayExecutor:
         ray = self._connect()
         from ray.util import ActorPool
 
-        workers = self.workers or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        if self.workers > cpus:  # an actor that can never be placed would hold its task forever
+            log.warning("Ray has %d CPUs: using %d workers, not %d", cpus, cpus, self.workers)
+        workers = min(self.workers or cpus, cpus)
         setup = ray.put((initializer, initargs, fn))  # once in the object store, read once per node
         actor = ray.remote(_DeviceWorker).options(
             num_cpus=1, max_restarts=self.max_restarts, max_task_retries=self.max_task_retries
