@@ -25,7 +25,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6"],
+        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9"],
         "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["lcft-tf=lcft_tf.__main__:run"]},

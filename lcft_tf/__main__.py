@@ -67,10 +67,14 @@ def _run_groups() -> list[FlagGroup]:
                   help={"learning_rate": "cloud learning rate (default: adam 1e-3, sgd 1.0; decayed by "
                                          "--cloud_decay_per_epoch each epoch).",
                         "optimizer": "cloud optimizer: adam (default) or sgd (the paper's, with lr 1.0)."}),
-        FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers"},
+        FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers",
+                                                         "executor": "executor", "ray_address": "ray_address"},
                   exclude=("methods",),
                   help={"learning_rate": "on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).",
-                        "workers": "fleet worker processes (0: one per core)."}),
+                        "workers": "fleet and hard-search workers (0: one per core; under Ray, the cluster's CPUs).",
+                        "executor": "where the fleet and hard search run: auto (serial for one worker, else a "
+                                    "process pool), serial, process or ray (docs/scaling.md).",
+                        "ray_address": "Ray cluster to join (auto, ray://host:10001); unset: start a local Ray."}),
         FlagGroup(ExportConfig, prefix="device_", exclude=("learning_rate", "global_ctr", "hard_table"),
                   help={"batch_size": "static batch of the exported train signature.",
                         "optimizer": "on-device optimizer compiled into the file: sgd or adam."}),

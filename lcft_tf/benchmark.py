@@ -283,10 +283,13 @@ class FleetBenchmarkConfig:
     cloud_batch_size: int = 1024
     device_lr: float = 0.01
     workers: int = 0
+    executor: str = "process"  # the fleet's executor: serial, process or ray (docs/scaling.md)
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_models((self.model,))
+        if self.executor not in ("serial", "process", "ray"):
+            raise ValueError(f"unknown executor {self.executor!r}; choose from ['serial', 'process', 'ray']")
         positive("num_users", self.num_users)
         positive("samples_per_user", self.samples_per_user)
         positive("num_items", self.num_items)
@@ -311,11 +314,80 @@ def naive_fine_tune(model, cloud_weights, view, method: str, global_ctr: float, 
     return fresh.predict_proba(view.test_features)
 
 
+def _timed(runners: dict[str, Callable], spent: list[float]) -> dict[str, Callable]:
+    """The signature runners, each adding its call's wall time to ``spent[0]``."""
+
+    def wrap(fn):
+        def timed(**inputs):
+            start = time.perf_counter()
+            out = fn(**inputs)
+            spent[0] += time.perf_counter() - start
+            return out
+
+        return timed
+
+    return {k: wrap(fn) for k, fn in runners.items()}
+
+
+def _profile_worker(path: Path, dataset_dir: Path, config, users: int, chunk_dir: Path, runners=None) -> dict[str, Any]:
+    """One fleet worker in this process (the fleet's own ``_init_worker`` /
+    ``_run_chunk``) over users ``[0, users)``: its wall time, and the time
+    spent inside the signature calls (LiteRT's runner: copy in, invoke, copy
+    out). ``runners`` replaces the interpreter's signatures (the TF baseline)."""
+    from lcft_tf.device import fleet
+
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    fleet._init_worker(str(path), str(dataset_dir), config, str(chunk_dir), in_child=False)
+    device = fleet._WORKER["device"]
+    spent = [0.0]
+    device._runners = _timed(runners or device._runners, spent)
+    start = time.perf_counter()
+    for a in range(0, users, config.users_per_chunk):
+        fleet._run_chunk((a, min(a + config.users_per_chunk, users)))
+    wall = time.perf_counter() - start
+    fleet._WORKER.clear()
+    return {"seconds": wall, "signature_seconds": spent[0], "signature_share": spent[0] / wall if wall else None}
+
+
+def _tf_runners(model, export) -> dict[str, Callable]:
+    """The exported module's five signatures as TF concrete functions (one
+    traced graph each, weights re-assigned by ``restore``, nothing rebuilt)."""
+    from lcft_tf.cloud.export import TrainableModule
+
+    functions = TrainableModule(model, export).concrete_functions()
+    return {k: (lambda fn: lambda **inputs: {n: t.numpy() for n, t in fn(**inputs).items()})(fn)
+            for k, fn in functions.items()}
+
+
+def _chunk_predictions(chunk_dir: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    parts = [load_file(str(p)) for p in sorted(chunk_dir.glob("*.safetensors"))]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k.startswith("pred.")}
+
+
+def _timed_fleets(config: FleetBenchmarkConfig, fleet_config, executor, path: Path, workdir: Path, n: int) -> dict[str, Any]:
+    """The full fleet and the naive comparison's small one on ``executor``;
+    Ray's start-up (if it starts here) is timed apart from the fleets."""
+    from lcft_tf.device.fleet import simulate
+
+    start = time.perf_counter()
+    if hasattr(executor, "start"):
+        executor.start()
+    out: dict[str, Any] = {"executor": config.executor, "executor_start_seconds": time.perf_counter() - start}
+    out["_fleet"] = simulate(path, workdir / "dataset", workdir / "fleet", fleet_config, executor=executor)
+    # Naive vs fleet on the same users, measured one after the other in this run.
+    out["_small"] = simulate(path, workdir / "dataset", workdir / "fleet_small",
+                             dataclasses.replace(fleet_config, methods=config.naive_methods), users=(0, n),
+                             executor=executor)
+    return out
+
+
 def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str, Any]:
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
-    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.device.fleet import FleetConfig, default_executor
     from lcft_tf.evaluation.metrics import user_weighted_auc
 
     out: dict[str, Any] = {"config": dataclasses.asdict(config)}
@@ -332,18 +404,22 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
                                                         seed=config.seed))
     out["cloud_seconds"] = time.perf_counter() - start
     path = workdir / f"{config.model}.tflite"
-    export_tflite(model, path, ExportConfig(learning_rate=config.device_lr, global_ctr=data.global_ctr))
+    export = ExportConfig(learning_rate=config.device_lr, global_ctr=data.global_ctr)
+    export_tflite(model, path, export)
 
-    fleet_config = FleetConfig(methods=config.methods, learning_rate=config.device_lr, workers=config.workers)
-    fleet = simulate(path, workdir / "dataset", workdir / "fleet", fleet_config)
+    fleet_config = FleetConfig(methods=config.methods, learning_rate=config.device_lr, workers=config.workers,
+                               executor=config.executor)
+    n = min(config.naive_users, data.num_users)
+    executor = default_executor(fleet_config)  # one for both fleets below
+    try:
+        out.update(_timed_fleets(config, fleet_config, executor, path, workdir, n))
+    finally:
+        executor.close()
+    fleet, small = out.pop("_fleet"), out.pop("_small")
     out["fleet"] = fleet.stats
     index = np.repeat(np.arange(len(fleet.users)), fleet.num_test)
     out["fleet_auc"] = {m: user_weighted_auc(index, fleet.labels, p).value for m, p in fleet.predictions.items()}
 
-    # Naive vs fleet on the same users, measured one after the other in this run.
-    n = min(config.naive_users, data.num_users)
-    small = simulate(path, workdir / "dataset", workdir / "fleet_small",
-                     dataclasses.replace(fleet_config, methods=config.naive_methods), users=(0, n))
     weights = model.get_weights()
     start = time.perf_counter()
     naive = {m: [] for m in config.naive_methods}
@@ -370,6 +446,25 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
         "fleet_seconds": small.stats["seconds"],
         "speedup": naive_seconds / small.stats["seconds"],
         "per_method": comparison,
+    }
+
+    # One worker, same users and methods: LiteRT vs the same signatures as
+    # tuned TF graphs, and LiteRT's share of the worker's time.
+    one = dataclasses.replace(fleet_config, methods=config.naive_methods, workers=1, executor="serial")
+    litert = _profile_worker(path, workdir / "dataset", one, n, workdir / "profile_litert")
+    tuned = _profile_worker(path, workdir / "dataset", one, n, workdir / "profile_tf", _tf_runners(model, export))
+    model.set_weights(weights)  # the TF restore assigned users' weights to the model's variables
+    a, b = _chunk_predictions(workdir / "profile_litert"), _chunk_predictions(workdir / "profile_tf")
+    out["one_worker"] = {
+        "users": n,
+        "methods": list(config.naive_methods),
+        "litert_seconds": litert["seconds"],
+        "tuned_tf_seconds": tuned["seconds"],
+        "litert_speedup_over_tuned_tf": tuned["seconds"] / litert["seconds"],
+        "naive_seconds_per_worker": naive_seconds,
+        "litert_signature_share": litert["signature_share"],
+        "tuned_tf_signature_share": tuned["signature_share"],
+        "max_abs_prediction_diff_tf_vs_litert": max(float(np.abs(a[k] - b[k]).max()) for k in a),
     }
     return out
 

@@ -40,7 +40,7 @@ from lcft_tf.cloud.retrieval import RetrievalConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig
-from lcft_tf.device.fleet import CODA_METHODS, DEFAULT_METHODS, FleetConfig, simulate
+from lcft_tf.device.fleet import CODA_METHODS, DEFAULT_METHODS, FleetConfig, default_executor, simulate
 from lcft_tf.evaluation.report import Grouping, auc_table, summarize, write_report
 from lcft_tf.stages import ConfigChangedError, RunLock, Stage, canonical, changed_fields, config_hash
 
@@ -144,7 +144,7 @@ def plan_stages(config: ExperimentConfig, out: Path) -> dict[str, Stage]:
     }
     stages = {"dataset": Stage("dataset", out / "dataset", data_key)}
     export = {k: v for k, v in dataclasses.asdict(_export_config(config)).items() if k not in ("global_ctr", "hard_table")}
-    fleet = {k: v for k, v in dataclasses.asdict(config.fleet).items() if k != "workers"}
+    fleet = config.fleet.key()
     for model in config.models:
         for seed in config.seeds:
             run = f"{model}_seed{seed}"
@@ -227,7 +227,7 @@ def _dataset_stage(config: ExperimentConfig, stage: Stage) -> tuple[CTRDataset, 
 
 
 def _model_stages(model_name: str, seed: int, dataset: CTRDataset, config: ExperimentConfig,
-                  stages: dict[str, Stage], rebuilt: bool) -> tuple[Path, dict[str, Any], bool]:
+                  stages: dict[str, Stage], rebuilt: bool, executor=None) -> tuple[Path, dict[str, Any], bool]:
     """Cloud training, hard search and export of one model x seed, each reused
     when its stage is intact; returns the exported file, a report, and whether
     anything was rebuilt (the fleet must then start afresh)."""
@@ -265,8 +265,9 @@ def _model_stages(model_name: str, seed: int, dataset: CTRDataset, config: Exper
             search = hard.directory / f"{model_name}.tflite"
             # The search runs on the full model: no submodel to convert.
             export_tflite(model, search, dataclasses.replace(_export_config(config, dataset.global_ctr), submodel_capacity=0))
-            table, report = search_hard_table(search, dataset, dataclasses.replace(config.hard, seed=seed),
-                                              config.fleet.learning_rate, config.fleet.epochs)
+            table, report = search_hard_table(search, stages["dataset"].directory,
+                                              dataclasses.replace(config.hard, seed=seed),
+                                              config.fleet.learning_rate, config.fleet.epochs, executor)
             atomic_write(hard.directory / "hard.json", to_json({"table": table.to_json(), "search": report}))
             hard.commit([search.name, search.with_suffix(".json").name, "hard.json"])
         saved = json.loads((hard.directory / "hard.json").read_text())
@@ -307,7 +308,8 @@ def _fresh(directory: Path) -> None:
 
 def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
     """Run every model x seed; ``executor`` overrides the fleet's (see
-    :mod:`lcft_tf.device.fleet`)."""
+    :mod:`lcft_tf.device.fleet`). The hard search runs on the executor
+    ``config.fleet`` names (docs/scaling.md)."""
     out = Path(config.output_dir) / config.run_name
     with RunLock(out):
         stages = plan_stages(config, out)
@@ -315,10 +317,14 @@ def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
         plan = {"format": RUN_FORMAT, "package_version": __version__,
                 "stages": {n: {"hash": s.hash, "key": canonical(s.key)} for n, s in stages.items()}}
         atomic_write(out / "run.json", to_json(plan))
-        return _run(config, out, stages, executor)
+        own = default_executor(config.fleet)  # one for the run: Ray, if asked, starts once
+        try:
+            return _run(config, out, stages, executor or own, own)
+        finally:
+            own.close()
 
 
-def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor) -> dict[str, Any]:
+def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor, hard_executor) -> dict[str, Any]:
     dataset, rebuilt_data = _dataset_stage(config, stages["dataset"])
     summary = dataset.summary()
     global_ctr = dataset.global_ctr
@@ -329,7 +335,8 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
     for model_name in config.models:
         for seed in config.seeds:
             run = f"{model_name}_seed{seed}"
-            path, cloud_info, rebuilt = _model_stages(model_name, seed, dataset, config, stages, rebuilt_data)
+            path, cloud_info, rebuilt = _model_stages(model_name, seed, dataset, config, stages, rebuilt_data,
+                                                      hard_executor)
             fleet_stage = stages[f"{run}/fleet"]
             coda = stages.get(f"{run}/coda")
             fleet_stage.inputs = {"export": _digest(stages[f"{run}/export"]), "dataset": _digest(stages["dataset"]),
@@ -342,6 +349,7 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
                 resume=not rebuilt,  # chunks of an intact upstream are reused, after their checksums
                 executor=executor,
                 coda_dir=coda.directory if coda else None,
+                name=f"fleet {run}",
             )
             fleet_stage.commit(["fleet.json"], {"seconds": fleet.stats.get("seconds")})
             fleets.setdefault(model_name, {})[seed] = fleet

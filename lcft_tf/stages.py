@@ -55,6 +55,8 @@ def canonical(value: Any) -> Any:
         return [canonical(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 30 from Python and 30.0 from the command line are one config
     return value
 
 

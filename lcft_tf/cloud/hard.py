@@ -11,7 +11,9 @@ looked at. ``(1, 0)`` (raw labels) is always in the grid and wins ties, so a
 group with no usable users keeps the raw labels.
 
 Cost: ``groups x users_per_group x |alphas| x |betas|`` device fine-tunes,
-reported in the returned dict.
+reported in the returned dict. They run as fleet work: one task per sampled
+user (its whole grid) on any fleet executor (serial, process pool, Ray), so
+the search gets the fleet's parallelism (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -19,15 +21,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from lcft_tf.correction import HardCorrectionTable
 from lcft_tf.data.dataset import CTRDataset
-from lcft_tf.device.fleet import fine_tune_and_predict
-from lcft_tf.device.model import OnDeviceModel
+from lcft_tf.device.fleet import Executor, FleetConfig, map_device_tasks, search_user_grid
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
 log = logging.getLogger(__name__)
@@ -51,56 +54,67 @@ class HardSearchConfig:
 
 def search_hard_table(
     model_path,
-    dataset: CTRDataset,
+    dataset: str | os.PathLike | CTRDataset,
     config: HardSearchConfig | None = None,
     learning_rate: float = 0.01,
     epochs: int = 1,
+    executor: Executor | None = None,
 ) -> tuple[HardCorrectionTable, dict[str, Any]]:
     """Grid-search the table on ``model_path``'s cloud weights; returns the
-    table and a report (per group: users used, best pair, its AUC gain)."""
-    from tqdm.auto import tqdm
+    table and a report (per group: users used, best pair, its AUC gain).
 
+    ``dataset`` is the folder of a saved dataset (:meth:`CTRDataset.save`),
+    which the workers memory-map; an in-memory :class:`CTRDataset` runs
+    serially in this process. The fine-tunes run as one task per sampled user
+    (its whole grid, :func:`lcft_tf.device.fleet.search_user_grid`) on
+    ``executor`` (default: serial); the result does not depend on it."""
     config = config or HardSearchConfig()
     started = time.perf_counter()
-    device = OnDeviceModel(model_path)
-    cloud = device.save()
+    data = dataset if isinstance(dataset, CTRDataset) else CTRDataset.load(dataset)
     rng = np.random.default_rng(config.seed)
-    w = dataset.local_ctrs()
+    w = data.local_ctrs()
     groups = np.searchsorted(np.asarray(config.edges), w, side="right")
     grid = [(1.0, 0.0)] + [p for p in itertools.product(config.alphas, config.betas) if p != (1.0, 0.0)]
-    alphas, betas, report = [], [], []
-    fine_tunes = 0
-    for g in tqdm(range(len(config.edges) + 1), desc="hard search", unit="group", disable=None):
+    # Which users each group searches, and where their validation part starts.
+    searched: list[np.ndarray] = []
+    members_per_group = []
+    tasks = []
+    for g in range(len(config.edges) + 1):
         members = np.flatnonzero((groups == g) & np.isfinite(w))
-        chosen = rng.permutation(members)[: config.users_per_group]
+        members_per_group.append(len(members))
         users = []
-        for u in chosen:
-            view = dataset.user(int(u))
-            n = len(view.train_labels)
+        for u in rng.permutation(members)[: config.users_per_group]:
+            labels = data.user(int(u)).train_labels
+            n = len(labels)
             cut = n - max(int(round(n * config.validation_fraction)), config.min_validation)
-            valid = view.train_labels[cut:]
-            if cut < 1 or valid.min() == valid.max():
+            if cut < 1 or labels[cut:].min() == labels[cut:].max():
                 continue  # too few samples, or a one-class validation set
-            fit = {k: v[:cut] for k, v in view.train_features.items()}
-            val = {k: v[cut:] for k, v in view.train_features.items()}
-            users.append((fit, view.train_labels[:cut], val, valid))
+            users.append((int(u), cut))
+        searched.append(users)
+        tasks += [(u, cut, tuple(grid)) for u, cut in users]
+
+    device = FleetConfig(learning_rate=learning_rate, epochs=epochs, workers=1)
+    predictions = {}
+    with tqdm(total=len(tasks), desc="hard search", unit="user", disable=None) as bar:
+        for result in map_device_tasks(model_path, dataset, device, search_user_grid, tasks, executor):
+            predictions[result["user"]] = result["predictions"]
+            bar.update(1)
+
+    alphas, betas, report = [], [], []
+    for g, users in enumerate(searched):
         scores = []
-        for alpha, beta in grid if users else []:
-            preds, labels, ids = [], [], []
-            for i, (fit, y, val, y_val) in enumerate(users):
-                targets = np.where(y == 1, alpha, beta).astype(np.float32)
-                preds.append(fine_tune_and_predict(device, cloud, fit, targets, val, learning_rate, epochs))
-                labels.append(y_val)
-                ids.append(np.full(len(y_val), i))
-                fine_tunes += 1
-            scores.append(user_weighted_auc(np.concatenate(ids), np.concatenate(labels), np.concatenate(preds)).value)
+        labels = [data.user(u).train_labels[cut:] for u, cut in users]
+        ids = np.concatenate([np.full(len(y), i) for i, y in enumerate(labels)]) if users else None
+        for p in range(len(grid)) if users else []:
+            preds = np.concatenate([predictions[u][p] for u, _ in users])
+            scores.append(user_weighted_auc(ids, np.concatenate(labels), preds).value)
         best = int(np.argmax(scores)) if scores else 0  # argmax: first best, (1, 0) first
         alphas.append(grid[best][0])
         betas.append(grid[best][1])
         report.append(
             {
                 "interval": [([0.0] + list(config.edges))[g], (list(config.edges) + [1.0])[g]],
-                "users_in_group": int(len(members)),
+                "users_in_group": int(members_per_group[g]),
                 "users_searched": len(users),
                 "alpha": grid[best][0],
                 "beta": grid[best][1],
@@ -109,6 +123,7 @@ def search_hard_table(
             }
         )
     table = HardCorrectionTable(config.edges, tuple(alphas), tuple(betas))
+    fine_tunes = len(tasks) * len(grid)
     cost = {"fine_tunes": fine_tunes, "grid_size": len(grid), "seconds": round(time.perf_counter() - started, 2)}
     log.info("hard table %s (%d fine-tunes, %.1f s)", table.to_json(), fine_tunes, cost["seconds"])
     return table, {"groups": report, "cost": cost, "config": dataclasses.asdict(config)}

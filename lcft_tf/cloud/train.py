@@ -5,9 +5,11 @@ batch 32, 2 epochs. The paper trains with SGD at learning rate 1.0 decayed
 x0.1 per epoch (``CloudConfig(optimizer="sgd")``, ``--cloud_optimizer
 sgd``); on MovieLens that leaves the cloud model under-trained, so device
 fine-tuning cannot change DIN's ranking and LCFT has nothing to correct
-(docs/din_on_movielens.md). ``model.fit`` runs on a ``tf.data`` pipeline under a
-``tf.distribute`` strategy (the default one on a laptop), so the same code
-scales to several GPUs/workers by passing another strategy.
+(docs/din_on_movielens.md). ``model.fit`` runs on a ``tf.data`` pipeline under
+the ``tf.distribute`` strategy ``CloudConfig.strategy`` names: the default
+one, ``mirrored`` (the GPUs of this machine) or ``multi_worker``
+(``MultiWorkerMirroredStrategy`` over the machines ``TF_CONFIG`` lists;
+docs/scaling.md). ``batch_size`` is always the global batch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import corrected_log_loss
 
 log = logging.getLogger(__name__)
+STRATEGIES = ("default", "mirrored", "multi_worker")
 
 OPTIMIZERS = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}
 # Learning rate when none is given: the paper's 1.0 for SGD, Keras' 1e-3 for Adam.
@@ -44,8 +47,11 @@ class CloudConfig:
     shuffle: bool = True
     seed: int = 0
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    strategy: str = "default"  # default | mirrored | multi_worker (reads TF_CONFIG)
 
     def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
         if self.batch_size < 1 or self.epochs < 0:
             raise ValueError("batch_size must be >= 1 and epochs >= 0")
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +91,17 @@ def compile_for_sgd(model: CTRModel, learning_rate: float, optimizer: str = "sgd
     model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate), loss=CorrectedLogLoss(), jit_compile=False)
 
 
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The ``tf.distribute`` strategy ``name`` (see :data:`STRATEGIES`)."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy 'multi_worker' needs TF_CONFIG (docs/scaling.md)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def train_cloud(
     name: str,
     dataset: CTRDataset,
@@ -92,9 +109,10 @@ def train_cloud(
     strategy: tf.distribute.Strategy | None = None,
     verbose: int = 0,
 ) -> CTRModel:
-    """Build registry model ``name`` and fit it on every user's train samples."""
+    """Build registry model ``name`` and fit it on every user's train samples
+    (under ``strategy``, else the one ``config.strategy`` names)."""
     config = config or CloudConfig()
-    strategy = strategy or tf.distribute.get_strategy()
+    strategy = strategy or make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = models.build(name, dataset.spec, seed=config.seed, **config.model_kwargs)
@@ -105,9 +123,35 @@ def train_cloud(
             lambda epoch, _: config.rate * config.decay_per_epoch**epoch
         )
         data = as_tf_dataset(features, labels, config.batch_size, config.shuffle, config.seed)
-        history = model.fit(data, epochs=config.epochs, callbacks=[schedule], verbose=verbose, shuffle=False)
+        fit = lambda: model.fit(data, epochs=config.epochs, callbacks=[schedule], verbose=verbose, shuffle=False)
+        if strategy.num_replicas_in_sync > 1:
+            history = _fit_replicated(model, strategy, features, labels, fit)
+        else:
+            history = fit()
         log.info("cloud %s: loss per epoch %s", name, [round(v, 4) for v in history.history["loss"]])
     return model
+
+
+def _fit_replicated(model: CTRModel, strategy: tf.distribute.Strategy, features, labels, fit):
+    """``fit()`` under a strategy with several replicas, around two gaps of
+    Keras 3 under MultiWorkerMirroredStrategy: (1) it builds the compiled loss
+    from a batch it first reduces across replicas, which fails for a dict of
+    features, so the loss is built here on two plain rows and Keras's own
+    build is skipped (the model's strategy is unset for the call; ``fit``
+    still runs every step under ``strategy``, whose scope is the current one);
+    (2) it averages each step's logs over replicas along axis 0, which fails
+    on a scalar loss, so the step returns them with shape [1]."""
+    few = {k: v[:2] for k, v in features.items()}
+    step = model.train_step
+    model.train_step = lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+    with strategy.scope():
+        model.compute_loss(few, labels[:2].astype(np.float32), model(few))
+        model._distribute_strategy = None
+        try:
+            return fit()
+        finally:
+            model._distribute_strategy = strategy
+            del model.train_step
 
 
 def save_cloud_model(model: CTRModel, directory: str | os.PathLike) -> Path:

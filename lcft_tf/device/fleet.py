@@ -14,9 +14,11 @@ sha256 in the manifest ``<out>/fleet.json``. A run resumed with
 ``resume=True`` reuses only chunks the manifest lists with a matching
 checksum, and only if the manifest's config hash equals this run's; unknown
 or damaged chunk files are recomputed with a warning naming the file. The
-executor is pluggable (serial, local process pool; a Ray executor only needs
-the same ``map_unordered``). Workers exit when their parent dies, so a
-killed run leaves no orphans writing into its folder.
+executor is pluggable: serial, a local process pool, or a Ray actor pool
+(:mod:`lcft_tf.device.ray_executor`, docs/scaling.md), all behind the same
+``map_unordered``; the cloud's hard-table search runs its fine-tunes as tasks
+on the same executors (:func:`search_user_grid`). Workers exit when their
+parent dies, so a killed run leaves no orphans writing into its folder.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 # The one list of methods: Cloud, Local and LCFT's corrections, then CoDA's.
 SUBMODEL_MODES = ("auto", "on", "off")
+EXECUTORS = ("auto", "serial", "process", "ray")
 CORRECTION = {"local": "none", "soft1": "soft1", "soft2": "soft2", "hard": "hard"}
 LCFT_METHODS = ("cloud", *CORRECTION)
 CODA_METHODS = tuple(METHOD_CONFIGS)
@@ -63,7 +66,7 @@ class FleetConfig:
     learning_rate: float = 0.01
     epochs: int = 1
     users_per_chunk: int = 32
-    workers: int = 0  # 0: one per CPU core
+    workers: int = 0  # 0: one per CPU core (under Ray: the cluster's CPUs)
     interpreter_threads: int = 1
     # CoDA's device options (keep rule, classifier training); the methods
     # set use_classifier / correction themselves (lcft_tf.device.coda).
@@ -71,8 +74,17 @@ class FleetConfig:
     # Per-device submodels (docs/submodels.md): "auto" uses the exported
     # <name>.sub.tflite when there is one, "on" requires it, "off" never.
     submodel: str = "auto"
+    executor: str = "auto"  # auto: serial for one worker, else the process pool
+    ray_address: str | None = None  # None: a local Ray started for the run
+
+    # Where and how the fleet runs; its numbers do not depend on these.
+    NOT_IN_KEY = ("workers", "executor", "ray_address")
 
     def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {self.executor!r}; choose from {list(EXECUTORS)}")
+        if self.ray_address is not None and self.executor != "ray":
+            raise ValueError(f"ray_address {self.ray_address!r} needs executor 'ray', got {self.executor!r}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ValueError(f"unknown or repeated fleet methods {list(self.methods)}; choose from {METHODS}")
@@ -82,6 +94,10 @@ class FleetConfig:
         if self.submodel not in SUBMODEL_MODES:
             raise ValueError(f"submodel must be one of {SUBMODEL_MODES}, got {self.submodel!r}")
 
+    def key(self) -> dict[str, Any]:
+        """The fields a fleet's numbers depend on (its stage key)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_IN_KEY}
+
 
 # -- executors ---------------------------------------------------------------
 class Executor(Protocol):
@@ -89,9 +105,14 @@ class Executor(Protocol):
         self, initializer: Callable[..., None], initargs: tuple, fn: Callable[[Any], Any], tasks: list
     ) -> Iterator[Any]: ...
 
+    def close(self) -> None: ...
+
 
 class SerialExecutor:
     """Runs every task in this process (tests, debugging, one core)."""
+
+    def close(self) -> None:
+        pass
 
     def map_unordered(self, initializer, initargs, fn, tasks):
         initializer(*initargs)
@@ -104,6 +125,9 @@ class ProcessExecutor:
 
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
+
+    def close(self) -> None:
+        pass
 
     def map_unordered(self, initializer, initargs, fn, tasks):
         context = multiprocessing.get_context("spawn")
@@ -124,8 +148,16 @@ class ProcessExecutor:
 
 
 def default_executor(config: FleetConfig) -> Executor:
+    """The executor ``config.executor`` names (``close()`` it when done: a
+    Ray executor may have started a local Ray)."""
+    if config.executor == "ray":
+        from lcft_tf.device.ray_executor import RayExecutor
+
+        return RayExecutor(config.workers, config.ray_address)
     workers = config.workers or os.cpu_count() or 1
-    return SerialExecutor() if workers == 1 else ProcessExecutor(workers)
+    if config.executor == "serial" or (config.executor == "auto" and workers == 1):
+        return SerialExecutor()
+    return ProcessExecutor(workers)
 
 
 # -- one user ------------------------------------------------------------------
@@ -166,8 +198,8 @@ def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_dir: str, in_child: bool = True,
-                 coda_dir: str | None = None) -> None:
+def _init_worker(model_path: str, dataset_dir: str | CTRDataset, config: FleetConfig, chunk_dir: str | None,
+                 in_child: bool = True, coda_dir: str | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if in_child:
         exit_with_parent()
@@ -182,9 +214,9 @@ def _init_worker(model_path: str, dataset_dir: str, config: FleetConfig, chunk_d
         device=device,
         submodel=submodel,
         state=state,
-        dataset=CTRDataset.load(dataset_dir),
+        dataset=dataset_dir if isinstance(dataset_dir, CTRDataset) else CTRDataset.load(dataset_dir),
         config=config,
-        chunk_dir=Path(chunk_dir),
+        chunk_dir=Path(chunk_dir) if chunk_dir is not None else None,
     )
     if coda_dir is not None:
         from lcft_tf.cloud.coda import CodaInputs
@@ -311,6 +343,47 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
             "rolled_back": rolled() - rolled_back, "submodel_users": packed, "full_users": on_full}
 
 
+def search_user_grid(task: tuple[int, int, tuple[tuple[float, float], ...]]) -> dict[str, Any]:
+    """The hard-table search's work for one user (:mod:`lcft_tf.cloud.hard`):
+    for each ``(alpha, beta)`` of the grid, restore the cloud weights, fine-tune
+    on the first ``cut`` train samples with targets ``alpha`` (positives) /
+    ``beta`` (negatives), and predict the remaining train samples (the
+    validation part). Returns the predictions ``[len(grid), n - cut]``."""
+    user, cut, grid = task
+    device: OnDeviceModel = _WORKER["device"]
+    config: FleetConfig = _WORKER["config"]
+    view = _WORKER["dataset"].user(user)
+    fit = {k: v[:cut] for k, v in view.train_features.items()}
+    val = {k: v[cut:] for k, v in view.train_features.items()}
+    y = view.train_labels[:cut]
+    predictions = [
+        fine_tune_and_predict(device, _WORKER["state"], fit, np.where(y == 1, alpha, beta).astype(np.float32), val,
+                              config.learning_rate, config.epochs)
+        for alpha, beta in grid
+    ]
+    return {"user": user, "predictions": np.stack(predictions)}
+
+
+def map_device_tasks(
+    model_path: str | os.PathLike,
+    dataset: str | os.PathLike | CTRDataset,
+    config: FleetConfig,
+    fn: Callable[[Any], Any],
+    tasks: list,
+    executor: Executor | None = None,
+) -> Iterator[Any]:
+    """``fn`` over ``tasks`` on device workers that loaded ``model_path`` and
+    ``dataset`` once (results unordered); serial unless ``executor`` is given.
+    An in-memory dataset is only for the serial executor (never ship arrays)."""
+    executor = executor or SerialExecutor()
+    in_child = not isinstance(executor, SerialExecutor)
+    if in_child and isinstance(dataset, CTRDataset):
+        raise ValueError("parallel device tasks need the saved dataset's folder, not an in-memory dataset")
+    yield from executor.map_unordered(
+        _init_worker, (str(model_path), dataset if isinstance(dataset, CTRDataset) else str(dataset), config, None, in_child),
+        fn, tasks)
+
+
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
@@ -386,13 +459,8 @@ def load_results(out_dir: str | os.PathLike, methods: Iterable[str]) -> FleetRes
 
 
 def fleet_key(model_sha256: str, dataset: dict, users: tuple[int, int], config: FleetConfig) -> dict[str, Any]:
-    """What a fleet's numbers depend on (the worker count does not)."""
-    return {
-        "model_sha256": model_sha256,
-        "dataset": dataset,
-        "users": list(users),
-        "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"},
-    }
+    """What a fleet's numbers depend on (not where it runs)."""
+    return {"model_sha256": model_sha256, "dataset": dataset, "users": list(users), "config": config.key()}
 
 
 def _verified_chunks(manifest: dict[str, Any], chunk_dir: Path) -> dict[str, dict]:
@@ -421,10 +489,12 @@ def simulate(
     executor: Executor | None = None,
     users: tuple[int, int] | None = None,
     coda_dir: str | os.PathLike | None = None,
+    name: str = "fleet",
 ) -> FleetResults:
     """Run the fleet over the users saved in ``dataset_dir`` (see
     :meth:`CTRDataset.save`); ``users`` limits it to a ``[start, stop)``
-    range. CoDA methods need ``coda_dir`` (:func:`lcft_tf.cloud.coda.prepare_coda`)."""
+    range. CoDA methods need ``coda_dir`` (:func:`lcft_tf.cloud.coda.prepare_coda`).
+    ``name`` labels the progress bar and the summary log line."""
     from tqdm.auto import tqdm
 
     config = config or FleetConfig()
@@ -475,23 +545,30 @@ def simulate(
         for a in range(start, stop, config.users_per_chunk)
         if (a, min(a + config.users_per_chunk, stop)) not in done
     ]
+    owned = executor is None
     executor = executor or default_executor(config)
     in_child = not isinstance(executor, SerialExecutor)
     began = time.perf_counter()
     steps = rolled_back = packed = on_full = 0
-    with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc="devices", unit="user",
-              disable=None) as bar:
-        for entry in executor.map_unordered(
-            _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child,
-                           None if coda is None else str(coda_dir)), _run_chunk, tasks
-        ):
-            steps += entry.pop("steps")
-            rolled_back += entry.pop("rolled_back")
-            packed += entry.pop("submodel_users", 0)
-            on_full += entry.pop("full_users", 0)
-            manifest["chunks"][chunk_name(entry["users"][0])] = entry
-            atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
-            bar.update(entry["users"][1] - entry["users"][0])
+    # Results reach this process whatever the executor, so the bar (users/s
+    # and ETA; off when stderr is not a terminal) is updated here.
+    try:
+        with tqdm(total=stop - start, initial=(stop - start) - sum(b - a for a, b in tasks), desc=name, unit="user",
+                  disable=None) as bar:
+            for entry in executor.map_unordered(
+                _init_worker, (str(model_path), str(dataset_dir), config, str(chunk_dir), in_child,
+                               None if coda is None else str(coda_dir)), _run_chunk, tasks
+            ):
+                steps += entry.pop("steps")
+                rolled_back += entry.pop("rolled_back")
+                packed += entry.pop("submodel_users", 0)
+                on_full += entry.pop("full_users", 0)
+                manifest["chunks"][chunk_name(entry["users"][0])] = entry
+                atomic_write(manifest_path, to_json(manifest))  # a chunk counts once the manifest lists it
+                bar.update(entry["users"][1] - entry["users"][0])
+    finally:
+        if owned:
+            executor.close()
     seconds = time.perf_counter() - began
     results = load_results(out_dir, config.methods)
     simulated = sum(b - a for a, b in tasks)
@@ -512,6 +589,6 @@ def simulate(
         **({"coda_mean_kept": {m: float(k.mean()) if len(k) else None for m, k in results.kept.items()}}
            if results.kept else {}),
     }
-    log.info("fleet: %d users in %.1f s (%s users/s), %d chunks reused", simulated, seconds,
+    log.info("%s: %d users in %.1f s (%s users/s), %d chunks reused", name, simulated, seconds,
              f"{results.stats['users_per_second']:.1f}" if results.stats["users_per_second"] else "-", len(done))
     return results
