@@ -22,7 +22,7 @@ def test_committed_bundle_loads_trains_and_restores():
     for entry in index["models"]:
         meta = json.loads((BUNDLE / entry["metadata"]).read_text())
         assert meta["tflite_sha256"] == entry["sha256"] and meta["tflite_bytes"] == entry["bytes"]
-        assert set(meta["signatures"]) == {"train", "infer", "save", "restore", "correct"}
+        assert set(meta["signatures"]) == {"train", "infer", "infer_one", "save", "restore", "correct"}
         assert meta["correction"]["hard_table"] is not None
         assert meta["checkpoint"]["tensors"] == [t["name"] for t in meta["signatures"]["save"]["outputs"]]
     assert sorted(verify_bundle(BUNDLE)) == sorted(REGISTRY)  # sha256, signatures, one step, restore
