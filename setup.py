@@ -23,9 +23,11 @@ setup(
         "matplotlib>=3.7",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "psutil>=5.9",  # stale-temp cleanup (live writers' pids), peak memory in reports
+        "faiss-cpu>=1.7",  # CoDA's cloud-side retrieval
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9"],
+        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9", "hypothesis>=6"],
         "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["lcft-tf=lcft_tf.__main__:run"]},
