@@ -86,6 +86,9 @@ def test_process_pool_equals_serial_and_k0_equals_local(coda_run, tmp_path):
     for m in fleet.methods:
         np.testing.assert_array_equal(pool.predictions[m], serial.predictions[m])
     assert not np.array_equal(serial.predictions["coda"], serial.predictions["local"])
+    # coda_lcft alone matches its value beside coda, whose fine matching it shares in one run.
+    alone = simulate(model, data, tmp_path / "alone", dataclasses.replace(fleet, methods=("coda_lcft",)), coda_dir=coda_dir)
+    np.testing.assert_array_equal(alone.predictions["coda_lcft"], serial.predictions["coda_lcft"])
 
     # K = 0: every CoDA method fine-tunes on the local samples alone, i.e. is Local (coda_lcft: Soft2).
     from lcft_tf.cloud.coda import RETRIEVAL

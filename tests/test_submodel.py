@@ -20,7 +20,6 @@ from lcft_tf.cloud.submodel import (
     PackCapacityError,
     SubmodelDevice,
     apply_update,
-    make_pack,
     sparse_update,
     submodel_path,
 )

@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf.features import FeatureSpec, SequenceFeature
+from lcft_tf.features import FeatureSpec
 
 PACK_FORMAT = "lcft-pack-v1"
 IDMAP_PREFIX = "idmap."  # pack tensor "idmap.<table>": global id of every slot (-1: empty)

@@ -132,10 +132,14 @@ def coda_fine_tune_and_predict(
     local_embeddings: np.ndarray | None = None,
     retrieved_embeddings: np.ndarray | None = None,
     seed: int = 0,
+    matched: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> CodaResult:
     """One user's CoDA test predictions (module doc). ``retrieved_*`` are the
     user's K retrieved samples in rank order (K may be 0); the embeddings and
-    the classifier are needed only when ``config.use_classifier``."""
+    the classifier are needed only when ``config.use_classifier``.
+    ``matched``: the ``(keep, probability)`` of :func:`select_retrieved` for
+    this user and config, when already computed (``coda`` and ``coda_lcft``
+    share their fine matching)."""
     train_features = device.spec.validate(train_features)
     train_labels = np.asarray(train_labels).reshape(-1)
     k = len(np.asarray(retrieved_labels).reshape(-1))
@@ -145,7 +149,9 @@ def coda_fine_tune_and_predict(
         if len(next(iter(retrieved_features.values()))) != k:
             raise ValueError(f"retrieved features and labels differ in rows ({k} labels)")
     probability = None
-    if k and config.use_classifier:
+    if k and config.use_classifier and matched is not None:
+        keep, probability = matched
+    elif k and config.use_classifier:
         if classifier is None or classifier_state is None or local_embeddings is None or retrieved_embeddings is None:
             raise ValueError("the classifier, its state and the local / retrieved embeddings are needed for fine matching")
         if len(retrieved_embeddings) != k or len(local_embeddings) != len(train_labels):

@@ -43,7 +43,7 @@ from safetensors.numpy import save as safetensors_bytes
 from lcft_tf._io import atomic_write, sha256, to_json
 from lcft_tf.cloud.submodel import PackCapacityError
 from lcft_tf.data.dataset import CTRDataset
-from lcft_tf.device.coda import METHOD_CONFIGS, CodaConfig, coda_fine_tune_and_predict, method_config
+from lcft_tf.device.coda import METHOD_CONFIGS, CodaConfig, coda_fine_tune_and_predict, method_config, select_retrieved
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
 from lcft_tf.validation import learning_rate
@@ -244,13 +244,20 @@ def _retrieved(u: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, n
 
 
 def _coda_predictions(method: str, u: int, view, config: FleetConfig, runner: OnDeviceModel, state, train_features,
-                      test_features, retrieved) -> tuple[np.ndarray, int]:
-    """One user's CoDA test predictions and the number of kept samples."""
+                      test_features, retrieved, matches: dict) -> tuple[np.ndarray, int]:
+    """One user's CoDA test predictions and the number of kept samples.
+    ``matches`` caches the user's fine matching: it depends on the keep rule
+    and the classifier only, which ``coda`` and ``coda_lcft`` share."""
     features, labels, retrieved_embeddings, local_embeddings = retrieved
+    coda = _coda_config(method, config.coda)
+    if coda.use_classifier and len(labels) and len(view.train_labels) and "match" not in matches:
+        matches["match"] = select_retrieved(_WORKER["classifier"], _WORKER["classifier_state"], local_embeddings,
+                                            retrieved_embeddings, coda, seed=u)
     result = coda_fine_tune_and_predict(
         runner, state, train_features, view.train_labels, test_features, features, labels,
-        config.learning_rate, config.epochs, _coda_config(method, config.coda),
+        config.learning_rate, config.epochs, coda,
         _WORKER["classifier"], _WORKER["classifier_state"], local_embeddings, retrieved_embeddings, seed=u,
+        matched=matches.get("match"),
     )
     return result.predictions, result.kept
 
@@ -292,6 +299,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
         # The user's pack on the submodel (same predictions, docs/submodels.md), else the full model.
         runner, state, train_features, test_features = device, _WORKER["state"], view.train_features, view.test_features
         retrieved = _retrieved(u) if kept else None  # CoDA: the cloud's samples for this user
+        matches: dict = {}  # the user's fine matching, shared by coda and coda_lcft
         if submodel is not None:
             try:
                 # The pack holds the rows of every sample the device will see, retrieved ones included.
@@ -317,7 +325,7 @@ def _run_chunk(users: tuple[int, int]) -> dict[str, Any]:
             rows = len(view.train_labels)
             if method in CODA_METHODS:
                 prediction, extra = _coda_predictions(method, u, view, config, runner, state, train_features,
-                                                      test_features, retrieved)
+                                                      test_features, retrieved, matches)
                 kept[method].append(extra)
                 rows += extra
             else:
