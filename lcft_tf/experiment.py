@@ -369,7 +369,8 @@ def _run(config: ExperimentConfig, out: Path, stages: dict[str, Stage], executor
     atomic_write(out / "results.json", to_json(results))
     notes = [
         f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
-        f"Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
+        f"Cloud training: {config.cloud.optimizer}, lr {config.cloud.rate}, {config.cloud.epochs} epoch(s), "
+        f"batch {config.cloud.batch_size}. Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
         f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter."
     ]
     write_report(out, {"title": f"LCFT experiment: {config.run_name}", "dataset": config.dataset, "notes": notes}, report)
