@@ -450,7 +450,9 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
 
     # One worker, same users and methods: LiteRT vs the same signatures as
     # tuned TF graphs, and LiteRT's share of the worker's time.
-    one = dataclasses.replace(fleet_config, methods=config.naive_methods, workers=1, executor="serial")
+    # The full model on both sides (the TF baseline replaces its signatures;
+    # a submodel would run outside them).
+    one = dataclasses.replace(fleet_config, methods=config.naive_methods, workers=1, executor="serial", submodel="off")
     litert = _profile_worker(path, workdir / "dataset", one, n, workdir / "profile_litert")
     tuned = _profile_worker(path, workdir / "dataset", one, n, workdir / "profile_tf", _tf_runners(model, export))
     model.set_weights(weights)  # the TF restore assigned users' weights to the model's variables
