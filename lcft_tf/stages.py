@@ -151,9 +151,6 @@ class Stage:
     def info(self) -> dict[str, Any]:
         return (self.record() or {}).get("info", {})
 
-    def invalidate(self) -> None:
-        self.record_path.unlink(missing_ok=True)
-
     def commit(self, outputs: Iterable[str], info: Mapping[str, Any] | None = None) -> dict[str, str]:
         """Record the finished stage (after its outputs are on disk)."""
         digests = digest_files(self.directory, outputs)
