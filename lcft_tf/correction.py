@@ -28,9 +28,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-METHODS = ("none", "soft1", "soft2", "hard")
-# Method ids of the in-model ``correct`` signature (same order as METHODS).
-METHOD_IDS = {name: i for i, name in enumerate(METHODS)}
+CORRECTIONS = ("none", "soft1", "soft2", "hard")
+# Method ids of the in-model ``correct`` signature (same order as CORRECTIONS).
+CORRECTION_IDS = {name: i for i, name in enumerate(CORRECTIONS)}
 
 
 def _check_rate(name: str, value: float) -> float:
@@ -141,7 +141,7 @@ def correction_pair(
         if table is None:
             raise ValueError("method 'hard' needs a HardCorrectionTable")
         return table.lookup(local)
-    raise ValueError(f"unknown correction method {method!r}; choose from {METHODS}")
+    raise ValueError(f"unknown correction method {method!r}; choose from {CORRECTIONS}")
 
 
 def correct_labels(
@@ -156,8 +156,8 @@ def correct_labels(
     local training data.
     """
     labels = np.asarray(labels)
-    if method not in METHODS:
-        raise ValueError(f"unknown correction method {method!r}; choose from {METHODS}")
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction method {method!r}; choose from {CORRECTIONS}")
     if labels.size == 0:
         return np.zeros(labels.shape, np.float32)
     alpha, beta = correction_pair(method, local_ctr(labels), global_ctr, table)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from conftest import BATCH, HARD_TABLE, build_tiny, random_features
 
-from lcft_tf import models, validation
+from lcft_tf import checks, models
 from lcft_tf.cloud.export import CLIP_NORM, ExportConfig, export_tflite
 from lcft_tf.cloud.train import CloudConfig
-from lcft_tf.correction import METHODS, correction_pair
+from lcft_tf.correction import CORRECTIONS, correction_pair
 from lcft_tf.device.model import OnDeviceModel
 
 NAMES = sorted(models.REGISTRY)
@@ -32,7 +32,7 @@ def test_unknown_method_ids_return_raw_labels_and_valid_zero(exported):
     run = lambda method, ctr=0.25: device.run_signature(
         "correct", {"label": labels, "local_ctr": np.float32(ctr), "method": np.int32(method)}
     )
-    for method in (-5, -1, len(METHODS), 7, 2**31 - 1, -(2**31)):
+    for method in (-5, -1, len(CORRECTIONS), 7, 2**31 - 1, -(2**31)):
         out = run(method)
         assert int(out["valid"]) == 0, method
         assert (float(out["alpha"]), float(out["beta"])) == (1.0, 0.0), method
@@ -40,7 +40,7 @@ def test_unknown_method_ids_return_raw_labels_and_valid_zero(exported):
     for ctr in (-0.1, 1.5, np.nan):
         assert int(run(2, ctr)["valid"]) == 0
         np.testing.assert_array_equal(run(2, ctr)["corrected_label"], labels)
-    for i, method in enumerate(METHODS):  # known ids: valid, and the Python pair
+    for i, method in enumerate(CORRECTIONS):  # known ids: valid, and the Python pair
         out = run(i)
         assert int(out["valid"]) == 1
         expected = correction_pair(method, 0.25, device.global_ctr, HARD_TABLE)
@@ -131,7 +131,7 @@ def test_save_checkpoint_refuses_non_finite_state(exported, tmp_path, monkeypatc
 @pytest.mark.parametrize("bad", [1e39, -1e39, float("inf"), float("nan"), -0.5, "fast"])
 def test_learning_rate_must_be_finite_in_float32(exported, spec, bad):
     with pytest.raises(ValueError, match="learning_rate"):
-        validation.learning_rate(bad)
+        checks.learning_rate(bad)
     with pytest.raises(ValueError, match="learning_rate"):
         ExportConfig(learning_rate=bad)
     with pytest.raises(ValueError, match="learning_rate"):
@@ -145,9 +145,9 @@ def test_learning_rate_must_be_finite_in_float32(exported, spec, bad):
 
 
 def test_learning_rate_accepts_the_float32_range():
-    assert validation.learning_rate(3e38) == 3e38
-    assert validation.learning_rate(0) == 0.0
-    assert validation.learning_rate(np.float32(0.01)) == pytest.approx(0.01)
+    assert checks.learning_rate(3e38) == 3e38
+    assert checks.learning_rate(0) == 0.0
+    assert checks.learning_rate(np.float32(0.01)) == pytest.approx(0.01)
 
 
 # -- 4. temp files of killed writers are cleaned, live writers' are not ------

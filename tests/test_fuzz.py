@@ -9,7 +9,7 @@ from conftest import HARD_TABLE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lcft_tf.correction import METHODS, correct_labels, correction_pair
+from lcft_tf.correction import CORRECTIONS, correct_labels, correction_pair
 from lcft_tf.device.model import OnDeviceModel
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -82,7 +82,7 @@ def test_any_correct_call_raises_or_matches_python(device):
     @SETTINGS
     @given(
         labels=st.lists(st.sampled_from([0, 1, 0.5, 2, -1]), max_size=25),
-        method=st.one_of(st.sampled_from(METHODS), st.text(max_size=6)),
+        method=st.one_of(st.sampled_from(CORRECTIONS), st.text(max_size=6)),
         ctr=st.one_of(st.none(), floats_any),
     )
     def check(labels, method, ctr):
@@ -90,7 +90,7 @@ def test_any_correct_call_raises_or_matches_python(device):
             out = device.correct(np.array(labels), method, ctr)
         except ValueError:
             return
-        assert method in METHODS and set(labels) <= {0, 1}
+        assert method in CORRECTIONS and set(labels) <= {0, 1}
         if labels:
             w_i = np.mean(labels) if ctr is None else ctr
             alpha, beta = correction_pair(method, w_i, device.global_ctr, HARD_TABLE)
@@ -108,12 +108,12 @@ def test_correct_signature_on_any_id_and_rate(device):
     @given(method=st.integers(*INT32), ctr=st.floats(width=32, allow_nan=True, allow_infinity=True))
     def check(method, ctr):
         out = device.run_signature("correct", {"label": labels, "local_ctr": np.float32(ctr), "method": np.int32(method)})
-        known = 0 <= method < len(METHODS) and 0.0 <= ctr <= 1.0
+        known = 0 <= method < len(CORRECTIONS) and 0.0 <= ctr <= 1.0
         assert int(out["valid"]) == int(known)
         if not known:
             np.testing.assert_array_equal(out["corrected_label"], labels)
         else:
-            alpha, beta = correction_pair(METHODS[method], ctr, device.global_ctr, HARD_TABLE)
+            alpha, beta = correction_pair(CORRECTIONS[method], ctr, device.global_ctr, HARD_TABLE)
             np.testing.assert_allclose([out["alpha"], out["beta"]], [alpha, beta], rtol=1e-5, atol=1e-5)
 
     check()

@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from lcft_tf import __version__, validation
+from lcft_tf import __version__, checks
 from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
-from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable
+from lcft_tf.correction import CORRECTION_IDS, CORRECTIONS, HardCorrectionTable
 from lcft_tf.features import FeatureSpec
 from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import corrected_log_loss, weighted_mean
@@ -85,7 +85,7 @@ class ExportConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not (0.0 <= self.global_ctr <= 1.0):
             raise ValueError(f"global_ctr must be in [0, 1], got {self.global_ctr!r}")
-        validation.learning_rate(self.learning_rate)
+        checks.learning_rate(self.learning_rate)
         if not (np.isfinite(np.float32(self.clip_norm)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")
         if self.submodel_capacity < 0:
@@ -236,10 +236,10 @@ class TrainableModule(tf.Module):
         hard_alpha, hard_beta = tf.gather(self._alphas, interval), tf.gather(self._betas, interval)
         # Unknown ids (and w_i outside [0, 1] / NaN, or hard without a table)
         # read row 0 = raw labels and report valid 0; never another method.
-        valid = tf.logical_and(method >= 0, method < len(METHODS))
+        valid = tf.logical_and(method >= 0, method < len(CORRECTIONS))
         valid = tf.logical_and(valid, tf.logical_and(w_i >= 0.0, w_i <= 1.0))
         if self.config.hard_table is None:
-            valid = tf.logical_and(valid, tf.not_equal(method, METHOD_IDS["hard"]))
+            valid = tf.logical_and(valid, tf.not_equal(method, CORRECTION_IDS["hard"]))
         choice = tf.where(valid, method, tf.zeros_like(method))
         alpha = tf.gather(tf.stack([one, s1_alpha, s2_alpha, hard_alpha]), choice)
         beta = tf.gather(tf.stack([zero, s1_beta, s2_beta, hard_beta]), choice)
@@ -319,7 +319,7 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
         "loss": "corrected_log_loss (logit form; logit capped at +-10 for targets outside [0, 1])",
         "correction": {
             "global_ctr": c.global_ctr,
-            "methods": {m: i for i, m in enumerate(METHODS)},
+            "methods": {m: i for i, m in enumerate(CORRECTIONS)},
             "unknown_method": "raw labels (alpha 1, beta 0) and valid = 0",
             "hard_table": c.hard_table.to_json() if c.hard_table else None,
         },

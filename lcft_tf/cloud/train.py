@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from lcft_tf import models, validation
+from lcft_tf import checks, models
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import corrected_log_loss
@@ -63,7 +63,7 @@ class CloudConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.learning_rate is not None:
-            validation.learning_rate(self.learning_rate)
+            checks.learning_rate(self.learning_rate)
 
     @property
     def rate(self) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lcft_tf.cloud.retrieval import USER_FEATURE
-from lcft_tf.correction import METHODS as CORRECTIONS
+from lcft_tf.correction import CORRECTIONS
 from lcft_tf.device.model import OnDeviceModel
 
 KEEP_RULES = ("threshold", "fraction")

@@ -46,7 +46,7 @@ from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.coda import METHOD_CONFIGS, CodaConfig, coda_fine_tune_and_predict, method_config, select_retrieved
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.stages import ConfigChangedError, changed_fields, config_hash
-from lcft_tf.validation import learning_rate
+from lcft_tf.checks import learning_rate
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf import validation
+from lcft_tf import checks
 from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, read_safetensors, remove_stale_temps, sha256, state_fingerprint
-from lcft_tf.correction import METHOD_IDS, METHODS, HardCorrectionTable, local_ctr
+from lcft_tf.correction import CORRECTION_IDS, CORRECTIONS, HardCorrectionTable, local_ctr
 from lcft_tf.features import FeatureSpec
 
 SIGNATURES = ("train", "infer", "save", "restore", "correct")
@@ -130,7 +130,7 @@ class OnDeviceModel:
         weights = np.ones(n, np.float32) if sample_weight is None else _finite_vector("sample_weight", sample_weight, n)
         if np.any(weights < 0):
             raise ValueError("sample_weight must be >= 0")
-        lr = np.float32(validation.learning_rate(self.learning_rate if learning_rate is None else learning_rate))
+        lr = np.float32(checks.learning_rate(self.learning_rate if learning_rate is None else learning_rate))
         run = self._runners["train"]
         arrays = {**features, "label": labels, "sample_weight": weights}
         losses = np.empty(-(-n // self.batch_size), np.float32)
@@ -163,8 +163,8 @@ class OnDeviceModel:
         ``local_ctr_value`` defaults to the share of positives in ``labels``
         (all of the user's local training labels).
         """
-        if method not in METHODS:
-            raise ValueError(f"unknown correction method {method!r}; choose from {METHODS}")
+        if method not in CORRECTIONS:
+            raise ValueError(f"unknown correction method {method!r}; choose from {CORRECTIONS}")
         if method == "hard" and self.hard_table is None:
             raise ValueError(f"{self.path} ships no hard correction table")
         labels = np.asarray(labels)
@@ -179,7 +179,7 @@ class OnDeviceModel:
         n, out = len(labels), np.empty(len(labels), np.float32)
         for start in range(0, n, self.batch_size):
             batch, rows = self._batch({"label": labels}, start, n)
-            result = self._runners["correct"](**batch, local_ctr=np.float32(w_i), method=np.int32(METHOD_IDS[method]))
+            result = self._runners["correct"](**batch, local_ctr=np.float32(w_i), method=np.int32(CORRECTION_IDS[method]))
             if int(result["valid"]) != 1:  # the checks above make this unreachable unless the file is wrong
                 raise ValueError(f"{self.path}: correct signature rejected method {method!r} with local CTR {w_i!r}")
             out[start : start + rows] = result["corrected_label"][:rows]
