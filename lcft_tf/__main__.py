@@ -35,13 +35,13 @@ class UsageError(ValueError):
 def _run_groups() -> list[FlagGroup]:
     from lcft_tf.cloud.coda import ClassifierConfig
     from lcft_tf.cloud.export import ExportConfig
-    from lcft_tf.cloud.hard import HardSearchConfig
+    from lcft_tf.pipeline.hard_search import HardSearchConfig
     from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.data.synthetic import SyntheticConfig
     from lcft_tf.device.coda import CodaConfig
-    from lcft_tf.device.fleet import FleetConfig
-    from lcft_tf.experiment import ExperimentConfig
+    from lcft_tf.fleet.config import FleetConfig
+    from lcft_tf.pipeline.experiment import ExperimentConfig
 
     return [
         FlagGroup(ExperimentConfig, help={
@@ -198,7 +198,7 @@ def _all_models(names) -> tuple[str, ...]:
 
 # -- commands --------------------------------------------------------------------
 def run_command(spec: dict) -> None:
-    from lcft_tf.experiment import run_experiment
+    from lcft_tf.pipeline.experiment import run_experiment
 
     experiment, synthetic, cloud, fleet, export, hard, retrieval, classifier, coda = spec["groups"]
     config = experiment.build(
@@ -303,7 +303,7 @@ def main(argv: list[str], command: str, spec: dict) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_only_ours_below_warning)
     from lcft_tf.data.raw import RawDataError
-    from lcft_tf.stages import RunInUseError
+    from lcft_tf.pipeline.stages import RunInUseError
 
     try:
         {"run": run_command, "benchmark": benchmark_command, "bundle": bundle_command}[command](spec)

@@ -1,4 +1,4 @@
-"""Small file helpers shared by export, devices and checkpoints."""
+"""Small file helpers: atomic writes, stale temps, sha256, strict JSON, safetensors reading."""
 
 from __future__ import annotations
 
@@ -84,19 +84,6 @@ def to_json(obj, indent: int | None = 2) -> bytes:
         return value
 
     return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False).encode()
-
-
-CHECKPOINT_FORMAT = "lcft-checkpoint-v1"  # safetensors __metadata__["format"] of device checkpoints
-
-
-def state_fingerprint(tensors) -> str:
-    """Identifies a model's checkpoint layout: sha256 over its sorted
-    ``(name, shape, dtype)`` triples. Stored in the model's metadata so any
-    host (Kotlin included) can stamp checkpoints without recomputing it."""
-    import json
-
-    triples = sorted([t["name"], [int(d) for d in t["shape"]], t["dtype"]] for t in tensors)
-    return sha256(json.dumps(triples).encode())
 
 
 def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict]:

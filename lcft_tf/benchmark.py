@@ -302,13 +302,13 @@ def naive_fine_tune(model, cloud_weights, view, method: str, global_ctr: float, 
     """The naive way: rebuild the Keras model from the cloud weights and
     ``model.fit`` the user's samples (what the fleet replaces)."""
     from lcft_tf import models
-    from lcft_tf.cloud.train import compile_for_sgd
+    from lcft_tf.cloud.train import compile_cloud_model
     from lcft_tf.correction import correct_labels
 
     fresh = models.build(model.model_name, model.spec, **{k: v for k, v in model.get_config().items()
                                                             if k not in ("spec", "name")})
     fresh.set_weights(cloud_weights)
-    compile_for_sgd(fresh, lr)
+    compile_cloud_model(fresh, lr)
     labels = correct_labels(view.train_labels, {"local": "none"}.get(method, method), global_ctr)
     fresh.fit(view.train_features, labels, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
     return fresh.predict_proba(view.test_features)
@@ -330,22 +330,22 @@ def _timed(runners: dict[str, Callable], spent: list[float]) -> dict[str, Callab
 
 
 def _profile_worker(path: Path, dataset_dir: Path, config, users: int, chunk_dir: Path, runners=None) -> dict[str, Any]:
-    """One fleet worker in this process (the fleet's own ``_init_worker`` /
-    ``_run_chunk``) over users ``[0, users)``: its wall time, and the time
-    spent inside the signature calls (LiteRT's runner: copy in, invoke, copy
-    out). ``runners`` replaces the interpreter's signatures (the TF baseline)."""
-    from lcft_tf.device import fleet
+    """One fleet worker in this process (the fleet's public
+    :class:`~lcft_tf.fleet.worker.DeviceWorker`) over users ``[0, users)``:
+    its wall time, and the time spent inside the signature calls (LiteRT's
+    runner: copy in, invoke, copy out). ``runners`` replaces the
+    interpreter's signatures (the TF baseline)."""
+    from lcft_tf.fleet.worker import DeviceWorker, WorkerSetup
 
     chunk_dir.mkdir(parents=True, exist_ok=True)
-    fleet._init_worker(str(path), str(dataset_dir), config, str(chunk_dir), in_child=False)
-    device = fleet._WORKER["device"]
+    worker = DeviceWorker(WorkerSetup(str(path), str(dataset_dir), config, str(chunk_dir), in_child=False))
+    device = worker.device
     spent = [0.0]
     device._runners = _timed(runners or device._runners, spent)
     start = time.perf_counter()
     for a in range(0, users, config.users_per_chunk):
-        fleet._run_chunk((a, min(a + config.users_per_chunk, users)))
+        worker.run_chunk((a, min(a + config.users_per_chunk, users)))
     wall = time.perf_counter() - start
-    fleet._WORKER.clear()
     return {"seconds": wall, "signature_seconds": spent[0], "signature_share": spent[0] / wall if wall else None}
 
 
@@ -369,7 +369,7 @@ def _chunk_predictions(chunk_dir: Path) -> dict[str, np.ndarray]:
 def _timed_fleets(config: FleetBenchmarkConfig, fleet_config, executor, path: Path, workdir: Path, n: int) -> dict[str, Any]:
     """The full fleet and the naive comparison's small one on ``executor``;
     Ray's start-up (if it starts here) is timed apart from the fleets."""
-    from lcft_tf.device.fleet import simulate
+    from lcft_tf.fleet.simulate import simulate
 
     start = time.perf_counter()
     if hasattr(executor, "start"):
@@ -387,7 +387,8 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
-    from lcft_tf.device.fleet import FleetConfig, default_executor
+    from lcft_tf.fleet.config import FleetConfig
+    from lcft_tf.fleet.executors import make_executor
     from lcft_tf.evaluation.metrics import user_weighted_auc
 
     out: dict[str, Any] = {"config": dataclasses.asdict(config)}
@@ -410,7 +411,7 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
     fleet_config = FleetConfig(methods=config.methods, learning_rate=config.device_lr, workers=config.workers,
                                executor=config.executor)
     n = min(config.naive_users, data.num_users)
-    executor = default_executor(fleet_config)  # one for both fleets below
+    executor = make_executor(fleet_config.executor, fleet_config.workers, fleet_config.ray_address)  # one for both fleets below
     try:
         out.update(_timed_fleets(config, fleet_config, executor, path, workdir, n))
     finally:
@@ -506,7 +507,8 @@ def run_coda_benchmark(config: CodaBenchmarkConfig, workdir: Path) -> dict[str, 
     from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
-    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.fleet.config import FleetConfig
+    from lcft_tf.fleet.simulate import simulate
     from lcft_tf.device.model import OnDeviceModel
 
     out: dict[str, Any] = {"config": dataclasses.asdict(config)}
@@ -602,7 +604,9 @@ def benchmark_vocab(name: str, vocab: int, config: VocabBenchmarkConfig, workdir
     submodel, per runtime (step, infer at batch B and 1, per-user restore)."""
     from lcft_tf import models
     from lcft_tf.cloud.export import ExportConfig, export_tflite
-    from lcft_tf.cloud.submodel import SubmodelDevice, make_pack, submodel_path
+    from lcft_tf.device.submodel import SubmodelDevice
+    from lcft_tf.artifacts.pack import make_pack
+    from lcft_tf.artifacts.tflite import submodel_path
     from lcft_tf.data.synthetic import SyntheticConfig, synthetic_spec
     from lcft_tf.device.model import OnDeviceModel
 
@@ -658,7 +662,11 @@ def vocab_fleet(name: str, vocab: int, config: VocabBenchmarkConfig, workdir: Pa
     from lcft_tf import models
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.data.synthetic import SyntheticConfig, generate
-    from lcft_tf.device.fleet import FleetConfig, SerialExecutor, simulate
+    from lcft_tf.fleet.config import FleetConfig
+
+    from lcft_tf.fleet.executors import SerialExecutor
+
+    from lcft_tf.fleet.simulate import simulate
 
     data = generate(SyntheticConfig(num_users=config.fleet_users, num_items=vocab, seed=config.seed,
                                     mean_samples_per_user=config.fleet_samples_per_user))

@@ -45,7 +45,7 @@ def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None)
     import tensorflow as tf
 
     from lcft_tf.cloud.export import ExportConfig, export_tflite
-    from lcft_tf.cloud.hard import HardSearchConfig, search_hard_table
+    from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
 

@@ -20,7 +20,6 @@ Defined edge cases (each tested):
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import json
 import math
@@ -107,7 +106,8 @@ class HardCorrectionTable:
         return cls(tuple(edges), (1.0,) * (len(edges) + 1), (0.0,) * (len(edges) + 1))
 
     def interval(self, local: float) -> int:
-        return bisect.bisect_right(self.edges, _check_rate("local CTR", local))
+        """The interval of ``local`` (raises ``ValueError`` outside [0, 1])."""
+        return int(interval_of(self.edges, _check_rate("local CTR", local)))
 
     def lookup(self, local: float) -> tuple[float, float]:
         j = self.interval(local)
@@ -124,6 +124,13 @@ class HardCorrectionTable:
             return cls(tuple(data["edges"]), tuple(data["alphas"]), tuple(data["betas"]))
         except KeyError as err:
             raise ValueError(f"hard correction table is missing {err}") from None
+
+
+def interval_of(edges: Sequence[float], local: float | np.ndarray) -> np.ndarray:
+    """The hard-table interval ``j`` of each local CTR: ``edges[j-1] <= w <
+    edges[j]`` (intervals are closed on the left; the in-model ``correct``
+    counts ``w >= edge`` the same way). NaN is not checked here."""
+    return np.searchsorted(np.asarray(edges, np.float64), local, side="right")
 
 
 def correction_pair(

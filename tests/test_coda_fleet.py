@@ -16,8 +16,13 @@ from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.retrieval import RetrievalConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
-from lcft_tf.device.fleet import CODA_METHODS, FleetConfig, SerialExecutor, simulate
-from lcft_tf.experiment import ExperimentConfig, run_experiment
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.fleet.executors import SerialExecutor
+from lcft_tf.fleet.simulate import simulate
+from lcft_tf.methods import METHODS, of_kind
+
+CODA_METHODS = of_kind(METHODS, "coda")
+from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
 CODA = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=30, history_length=3, dense_dim=2,
@@ -91,8 +96,7 @@ def test_process_pool_equals_serial_and_k0_equals_local(coda_run, tmp_path):
     np.testing.assert_array_equal(alone.predictions["coda_lcft"], serial.predictions["coda_lcft"])
 
     # K = 0: every CoDA method fine-tunes on the local samples alone, i.e. is Local (coda_lcft: Soft2).
-    from lcft_tf.cloud.coda import RETRIEVAL
-    from lcft_tf.cloud.retrieval import Retrieval
+    from lcft_tf.artifacts.coda_files import RETRIEVAL, Retrieval
 
     empty = tmp_path / "k0"
     empty.mkdir()
@@ -122,7 +126,7 @@ def test_coda_without_its_files_is_refused(coda_run, tmp_path):
 
 
 def test_fleet_workers_do_not_import_tensorflow():
-    code = ("import sys, lcft_tf.device.fleet, lcft_tf.cloud.coda; "
+    code = ("import sys, lcft_tf.fleet.simulate, lcft_tf.fleet.worker, lcft_tf.pipeline.hard_search; "
             "print(sorted(m for m in ('tensorflow', 'keras', 'faiss') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

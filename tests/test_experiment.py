@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 from lcft_tf.cloud.export import ExportConfig, export_tflite
-from lcft_tf.cloud.hard import HardSearchConfig, search_hard_table
+from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
 from lcft_tf.cloud.train import CloudConfig, train_cloud
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.fleet import FleetConfig, SerialExecutor, simulate
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.fleet.executors import SerialExecutor
+from lcft_tf.fleet.simulate import simulate
 from lcft_tf.device.model import OnDeviceModel
-from lcft_tf.experiment import ExperimentConfig, run_experiment
+from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
 TINY_DATA = SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
 TINY_CLOUD = CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})

@@ -1,4 +1,4 @@
-"""The hard-table search as fleet work (lcft_tf/cloud/hard.py): the same
+"""The hard-table search as fleet work (lcft_tf/pipeline/hard_search.py): the same
 table and validation AUCs as the search it replaced (kept below as the
 reference: every fine-tune one after another in this process), serially and
 on the process pool."""
@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from lcft_tf.cloud.export import ExportConfig, export_tflite
-from lcft_tf.cloud.hard import HardSearchConfig, search_hard_table
+from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
 from lcft_tf.cloud.train import CloudConfig, train_cloud
 from lcft_tf.correction import HardCorrectionTable
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.fleet import ProcessExecutor, SerialExecutor, fine_tune_and_predict
+from lcft_tf.fleet.executors import ProcessExecutor, SerialExecutor
+from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import user_weighted_auc
 

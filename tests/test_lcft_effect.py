@@ -15,8 +15,8 @@ import numpy as np
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
-from lcft_tf.device.fleet import FleetConfig
-from lcft_tf.experiment import ExperimentConfig, run_experiment
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
 
 def test_soft2_beats_local_beats_cloud_under_strong_drift(tmp_path):

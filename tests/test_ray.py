@@ -12,11 +12,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lcft-tf[ray]')")
 
 from lcft_tf.cloud.export import ExportConfig, export_tflite  # noqa: E402
-from lcft_tf.cloud.hard import HardSearchConfig, search_hard_table  # noqa: E402
+from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table  # noqa: E402
 from lcft_tf.cloud.train import CloudConfig, train_cloud  # noqa: E402
 from lcft_tf.data.synthetic import SyntheticConfig, generate  # noqa: E402
-from lcft_tf.device.fleet import FleetConfig, SerialExecutor, simulate  # noqa: E402
-from lcft_tf.device.ray_executor import RayExecutor  # noqa: E402
+from lcft_tf.fleet.config import FleetConfig  # noqa: E402
+from lcft_tf.fleet.executors import SerialExecutor  # noqa: E402
+from lcft_tf.fleet.simulate import simulate  # noqa: E402
+from lcft_tf.fleet.ray_executor import RayExecutor  # noqa: E402
 
 DATA = SyntheticConfig(num_users=20, num_items=40, mean_samples_per_user=30, history_length=4, dense_dim=3, seed=2)
 CLOUD = CloudConfig(epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
@@ -120,7 +122,7 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
     import sys
 
     from lcft_tf.cloud.train import CloudConfig
-    from lcft_tf.experiment import ExperimentConfig, run_experiment
+    from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
     config = ExperimentConfig(
         synthetic=SyntheticConfig(num_users=12, num_items=30, mean_samples_per_user=30.0, history_length=3, dense_dim=2),

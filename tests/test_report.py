@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lcft_tf.device.fleet import FleetResults
+from lcft_tf.artifacts.fleet_chunks import FleetResults
 from lcft_tf.evaluation.metrics import change_shares, paired_bootstrap
 from lcft_tf.evaluation.report import (
     Grouping,

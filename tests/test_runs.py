@@ -21,9 +21,10 @@ import pytest
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
-from lcft_tf.device.fleet import FleetConfig
-from lcft_tf.experiment import ExperimentConfig, RunExistsError, run_experiment
-from lcft_tf.stages import ConfigChangedError, RunInUseError, RunLock
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.pipeline.experiment import ExperimentConfig, RunExistsError, run_experiment
+from lcft_tf.keys import ConfigChangedError
+from lcft_tf.pipeline.stages import RunInUseError, RunLock
 
 TINY = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=20, num_items=30, mean_samples_per_user=30, history_length=3, dense_dim=2),
@@ -76,7 +77,7 @@ def test_resume_with_a_changed_config_is_refused_before_anything_is_written(fini
 
 
 def test_hard_edges_change_is_refused(tmp_path):
-    from lcft_tf.cloud.hard import HardSearchConfig
+    from lcft_tf.pipeline.hard_search import HardSearchConfig
 
     config = dataclasses.replace(TINY, output_dir=str(tmp_path), methods=("cloud", "hard"),
                                  hard=HardSearchConfig(users_per_group=2, alphas=(1.0, 2.0), betas=(0.0,)))
@@ -121,7 +122,7 @@ def test_a_second_run_on_the_same_folder_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys, time
-            from lcft_tf.stages import RunLock
+            from lcft_tf.pipeline.stages import RunLock
             with RunLock({str(tmp_path / 'run')!r}):
                 print("locked", flush=True)
                 time.sleep(60)
@@ -177,17 +178,19 @@ def test_methods_without_cloud_are_refused_up_front():
 
 _ORPHAN_PARENT = """
 import sys, time
-from lcft_tf.device import fleet
+from lcft_tf.fleet import worker
 
 def slow_chunk(users):
     time.sleep(30)
-    return fleet._run_chunk(users)
+    return worker.run_chunk(users)
 
-fleet._run_chunk = slow_chunk
-from lcft_tf.device.fleet import FleetConfig, ProcessExecutor, simulate
-print("start", flush=True)
-simulate(sys.argv[1], sys.argv[2], sys.argv[3], FleetConfig(methods=("cloud",), users_per_chunk=2),
-         executor=ProcessExecutor(2))
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.fleet.executors import ProcessExecutor
+from lcft_tf.fleet.simulate import simulate
+if __name__ == "__main__":
+    print("start", flush=True)
+    simulate(sys.argv[1], sys.argv[2], sys.argv[3], FleetConfig(methods=("cloud",), users_per_chunk=2),
+             executor=ProcessExecutor(2), chunk_task=slow_chunk)
 """
 
 

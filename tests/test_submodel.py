@@ -15,14 +15,9 @@ from conftest import BATCH, build_tiny
 
 from lcft_tf import models
 from lcft_tf.cloud.export import ExportConfig, export_tflite
-from lcft_tf.cloud.submodel import (
-    Pack,
-    PackCapacityError,
-    SubmodelDevice,
-    apply_update,
-    sparse_update,
-    submodel_path,
-)
+from lcft_tf.artifacts.pack import Pack, PackCapacityError, apply_update, sparse_update
+from lcft_tf.artifacts.tflite import submodel_path
+from lcft_tf.device.submodel import SubmodelDevice
 from lcft_tf.device.model import OnDeviceModel
 
 CAPACITY = 12  # the spec's user (20) and item (30) tables are packed; category (5) ships whole
@@ -211,7 +206,11 @@ def fleet_setup(tmp_path_factory):
 
 
 def test_fleet_on_submodels_predicts_what_the_full_model_fleet_predicts(fleet_setup, tmp_path):
-    from lcft_tf.device.fleet import FleetConfig, SerialExecutor, simulate
+    from lcft_tf.fleet.config import FleetConfig
+
+    from lcft_tf.fleet.executors import SerialExecutor
+
+    from lcft_tf.fleet.simulate import simulate
 
     root, paths = fleet_setup
     base = FleetConfig(methods=("cloud", "local", "soft2"), learning_rate=0.3, epochs=2, users_per_chunk=4, workers=1)
@@ -236,7 +235,9 @@ def test_fleet_on_submodels_predicts_what_the_full_model_fleet_predicts(fleet_se
 
 
 def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec, tmp_path):
-    from lcft_tf.device.fleet import FleetConfig, simulate
+    from lcft_tf.fleet.config import FleetConfig
+
+    from lcft_tf.fleet.simulate import simulate
 
     root, _ = fleet_setup
     from lcft_tf.data.dataset import CTRDataset

@@ -1,11 +1,7 @@
 """The cloud's side of CoDA for one cloud model: sample embeddings, coarse
 matching (retrieval) and the sample classifier every device starts from
-(docs/coda.md). Writes three files into one folder, which the fleet's
-workers read (memory-mapped):
-
-* ``embeddings.npy``           [N, D] float32 unit rows, one per sample
-* ``retrieval.safetensors``    per user, the retrieved sample indices
-* ``classifier.tflite`` + ``.json``  the untrained sample classifier
+(docs/coda.md). Writes the folder :mod:`lcft_tf.artifacts.coda_files`
+describes, which the fleet's workers read (memory-mapped).
 """
 
 from __future__ import annotations
@@ -19,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from lcft_tf.cloud.retrieval import Retrieval, RetrievalConfig, dataset_embeddings, retrieve
+from lcft_tf.artifacts.coda_files import CLASSIFIER, EMBEDDINGS, RETRIEVAL
+from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve
 from lcft_tf.data.dataset import CTRDataset
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS, RETRIEVAL, CLASSIFIER = "embeddings.npy", "retrieval.safetensors", "classifier.tflite"
-FILES = (EMBEDDINGS, RETRIEVAL, CLASSIFIER, "classifier.json")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,24 +64,3 @@ def prepare_coda(
              "retrieval": result.stats, "seconds": round(time.perf_counter() - started, 2)}
     log.info("coda: embeddings %.1f s, retrieval %s", embedding_seconds, result.stats)
     return stats
-
-
-@dataclasses.dataclass
-class CodaInputs:
-    """What a fleet worker reads from the CoDA folder."""
-
-    retrieval: Retrieval
-    embeddings: np.ndarray  # memory-mapped
-    classifier_path: Path
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike) -> "CodaInputs":
-        directory = Path(directory)
-        missing = [f for f in FILES if not (directory / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{directory}: CoDA files missing: {', '.join(missing)}")
-        return cls(
-            retrieval=Retrieval.load(directory / RETRIEVAL),
-            embeddings=np.load(directory / EMBEDDINGS, mmap_mode="r", allow_pickle=False),
-            classifier_path=directory / CLASSIFIER,
-        )

@@ -40,7 +40,10 @@ import numpy as np
 import tensorflow as tf
 
 from lcft_tf import __version__, checks
-from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, sha256, state_fingerprint
+from lcft_tf._io import atomic_write, sha256
+from lcft_tf.artifacts.checkpoint import checkpoint_section
+from lcft_tf.artifacts.tflite import ADAM_STEP, FORMAT, FORMAT_VERSION, SIGNATURES, signature_table, submodel_path
+from lcft_tf.cloud.submodel import export_submodel, needs_submodel
 from lcft_tf.correction import CORRECTION_IDS, CORRECTIONS, HardCorrectionTable
 from lcft_tf.features import FeatureSpec
 from lcft_tf.models.base import CTRModel
@@ -48,7 +51,6 @@ from lcft_tf.models.losses import corrected_log_loss, weighted_mean
 
 log = logging.getLogger(__name__)
 
-SIGNATURES = ("train", "infer", "infer_one", "save", "restore", "correct")
 OPTIMIZERS = ("sgd", "adam")
 # Default global gradient-norm clip: above the largest norm measured in
 # ordinary fine-tuning of the bundled models (docs/loss_and_correction.md).
@@ -124,7 +126,7 @@ class TrainableModule(tf.Module):
         self._slots: list[tf.Variable] = []
         slot_names: list[str] = []
         if config.optimizer == "adam":
-            self._step = tf.Variable(0.0, name="adam_step")
+            self._step = tf.Variable(0.0, name=ADAM_STEP)
             name_of = {id(v): n for n, v in zip(names, self._model_vars)}
             for v in self._trainable:  # slots 2i, 2i+1 belong to trainable variable i
                 name = name_of[id(v)]
@@ -132,7 +134,7 @@ class TrainableModule(tf.Module):
                     self._slots.append(tf.Variable(tf.zeros_like(v), name=f"adam_{kind}"))
                     slot_names.append(_state_name(f"adam_{kind}__{name}", taken))
             self._slots.append(self._step)
-            slot_names.append(_state_name("adam_step", taken))
+            slot_names.append(_state_name(ADAM_STEP, taken))
         self._state = self._model_vars + self._slots
         self.state_names = names + slot_names
         table = config.hard_table or HardCorrectionTable.identity()
@@ -140,7 +142,13 @@ class TrainableModule(tf.Module):
         self._alphas = tf.constant(table.alphas, tf.float32)
         self._betas = tf.constant(table.betas, tf.float32)
 
-    # -- signature input specs --------------------------------------------
+    # -- signature input specs, from the contract's table ---------------------
+    def signatures(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """The signature table (:func:`lcft_tf.artifacts.tflite.signature_table`) of this module."""
+        features = [_tensor_info(s, n) for n, s in self.feature_specs().items()]
+        state = [_tensor_info(v, n) for n, v in zip(self.state_names, self._state)]
+        return signature_table(self.config.batch_size, features, state)
+
     def feature_specs(self, batch_size: int | None = None) -> dict[str, tf.TensorSpec]:
         b = batch_size or self.config.batch_size
         return {
@@ -148,24 +156,10 @@ class TrainableModule(tf.Module):
             for n in self.spec.names
         }
 
-    def train_specs(self) -> dict[str, tf.TensorSpec]:
-        b = self.config.batch_size
-        return {
-            **self.feature_specs(),
-            "label": tf.TensorSpec([b], tf.float32, name="label"),
-            "sample_weight": tf.TensorSpec([b], tf.float32, name="sample_weight"),
-            "learning_rate": tf.TensorSpec([], tf.float32, name="learning_rate"),
-        }
-
-    def restore_specs(self) -> dict[str, tf.TensorSpec]:
-        return {n: tf.TensorSpec(v.shape, v.dtype, name=n) for n, v in zip(self.state_names, self._state)}
-
-    def correct_specs(self) -> dict[str, tf.TensorSpec]:
-        return {
-            "label": tf.TensorSpec([self.config.batch_size], tf.float32, name="label"),
-            "local_ctr": tf.TensorSpec([], tf.float32, name="local_ctr"),
-            "method": tf.TensorSpec([], tf.int32, name="method"),
-        }
+    def input_specs(self, key: str) -> dict[str, tf.TensorSpec]:
+        """``tf.TensorSpec`` of every input of signature ``key``, in table order."""
+        return {t["name"]: tf.TensorSpec(t["shape"], tf.as_dtype(t["dtype"]), name=t["name"])
+                for t in self.signatures()[key]["inputs"]}
 
     # -- the computations -------------------------------------------------
     def train(self, **inputs) -> dict[str, tf.Tensor]:
@@ -250,12 +244,9 @@ class TrainableModule(tf.Module):
     def concrete_functions(self) -> dict[str, Any]:
         """The signatures as concrete functions, keyed by signature name."""
         return {
-            "train": tf.function(self.train).get_concrete_function(**self.train_specs()),
-            "infer": tf.function(self.infer).get_concrete_function(**self.feature_specs()),
-            "infer_one": tf.function(self.infer).get_concrete_function(**self.feature_specs(1)),
-            "save": tf.function(self.save).get_concrete_function(),
-            "restore": tf.function(self.restore).get_concrete_function(**self.restore_specs()),
-            "correct": tf.function(self.correct).get_concrete_function(**self.correct_specs()),
+            key: tf.function(getattr(self, "infer" if key == "infer_one" else key)).get_concrete_function(
+                **self.input_specs(key))
+            for key in SIGNATURES
         }
 
 
@@ -300,11 +291,9 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
     """Everything a device (Python or Android) needs to drive the file;
     deterministic for the same model and config (no timings)."""
     c = module.config
-    feature_inputs = [_tensor_info(s, n) for n, s in module.feature_specs().items()]
-    state = [_tensor_info(v, n) for n, v in zip(module.state_names, module._state)]
     return {
-        "format": "lcft-tflite",
-        "format_version": 2,  # read by lcft_tf.device.model (FORMAT_VERSION)
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "model": {"name": module.model.model_name, "config": module.model.get_config()},
         "feature_spec": module.spec.to_json(),
@@ -323,53 +312,19 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
             "unknown_method": "raw labels (alpha 1, beta 0) and valid = 0",
             "hard_table": c.hard_table.to_json() if c.hard_table else None,
         },
-        "signatures": {
-            "train": {
-                "inputs": feature_inputs
-                + [
-                    {"name": "label", "shape": [c.batch_size], "dtype": "float32"},
-                    {"name": "sample_weight", "shape": [c.batch_size], "dtype": "float32"},
-                    {"name": "learning_rate", "shape": [], "dtype": "float32"},
-                ],
-                "outputs": [
-                    {"name": "loss", "shape": [], "dtype": "float32"},
-                    {"name": "grad_norm", "shape": [], "dtype": "float32"},
-                    {"name": "applied", "shape": [], "dtype": "int32"},
-                ],
-            },
-            "infer": {
-                "inputs": feature_inputs,
-                "outputs": [{"name": "probability", "shape": [c.batch_size], "dtype": "float32"}],
-            },
-            "infer_one": {
-                "inputs": [_tensor_info(s, n) for n, s in module.feature_specs(1).items()],
-                "outputs": [{"name": "probability", "shape": [1], "dtype": "float32"}],
-            },
-            "save": {"inputs": [], "outputs": state},
-            "restore": {"inputs": state, "outputs": [{"name": "num_restored", "shape": [], "dtype": "int32"}]},
-            "correct": {
-                "inputs": [
-                    {"name": "label", "shape": [c.batch_size], "dtype": "float32"},
-                    {"name": "local_ctr", "shape": [], "dtype": "float32"},
-                    {"name": "method", "shape": [], "dtype": "int32"},
-                ],
-                "outputs": [
-                    {"name": "corrected_label", "shape": [c.batch_size], "dtype": "float32"},
-                    {"name": "alpha", "shape": [], "dtype": "float32"},
-                    {"name": "beta", "shape": [], "dtype": "float32"},
-                    {"name": "valid", "shape": [], "dtype": "int32"},
-                ],
-            },
-        },
-        "checkpoint": {
-            "format": CHECKPOINT_FORMAT,
-            "container": "safetensors",
-            "fingerprint": state_fingerprint(state),
-            "tensors": [s["name"] for s in state],
-        },
+        "signatures": module.signatures(),
+        "checkpoint": checkpoint_section(module.signatures()["save"]["outputs"]),
         "tflite_bytes": len(tflite),
         "tflite_sha256": sha256(tflite),
     }
+
+
+def compile_model(model: CTRModel, config: ExportConfig) -> tuple[TrainableModule, bytes, dict[str, Any]]:
+    """``(module, flatbuffer, metadata)`` of ``model`` compiled for ``config``
+    (nothing written)."""
+    module = TrainableModule(model, config)
+    tflite = convert(module)
+    return module, tflite, build_metadata(module, tflite)
 
 
 def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig | None = None) -> dict[str, Any]:
@@ -379,18 +334,14 @@ def export_tflite(model: CTRModel, path: str | os.PathLike, config: ExportConfig
     path = Path(path)
     if path.suffix != ".tflite":
         raise ValueError(f"export path must end in .tflite, got {str(path)!r}")
-    from lcft_tf.cloud.submodel import export_submodel, needs_submodel, submodel_path
-
     start = time.perf_counter()
-    module = TrainableModule(model, config)
-    tflite = convert(module)
+    module, tflite, metadata = compile_model(model, config)
     seconds = time.perf_counter() - start
-    metadata = build_metadata(module, tflite)
     sub = submodel_path(path)
     metadata["submodel"] = None
     if needs_submodel(model.spec, config.submodel_capacity):
         # A device fine-tunes only the rows it uses (docs/submodels.md).
-        export_submodel(model, sub, config, metadata)
+        export_submodel(model, sub, config, metadata, compile_model)
         metadata["submodel"] = {"file": sub.name, "capacity": config.submodel_capacity}
     else:
         for stale in (sub, sub.with_suffix(".json")):  # never leave a submodel of an older export beside this one

@@ -12,8 +12,7 @@ users most similar to the user's local data (faiss; docs/coda.md).
   number of its own pool samples and drops them, so its K results are other
   users' train samples only. Results are re-sorted by (score desc, sample
   index asc), so ties never depend on faiss internals.
-* :class:`Retrieval` — ``ids`` [U, K] global sample indices (-1 padded) and
-  ``scores`` [U, K]; saved as safetensors (no pickle).
+* the result is a :class:`lcft_tf.artifacts.coda_files.Retrieval`.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import atomic_write, read_safetensors
+from lcft_tf.artifacts.coda_files import USER_FEATURE, Retrieval
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.features import SequenceFeature, SparseFeature
 
@@ -39,8 +37,6 @@ if TYPE_CHECKING:  # fleet workers read retrievals without importing TensorFlow
 log = logging.getLogger(__name__)
 
 INDEXES = ("flat", "ivf", "hnsw")
-USER_FEATURE = "user_id"  # left out of the embedding: it identifies the user, not the sample
-RETRIEVAL_FORMAT = "lcft-retrieval-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,35 +128,6 @@ def dataset_embeddings(
 def _unit_rows(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
-
-
-# -- retrieval -------------------------------------------------------------------
-@dataclasses.dataclass
-class Retrieval:
-    """Per user: the retrieved samples' global indices (best first, -1 padded)."""
-
-    ids: np.ndarray  # [U, K] int64
-    scores: np.ndarray  # [U, K] float32, inner product; 0 where ids == -1
-    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def user(self, u: int) -> np.ndarray:
-        """User ``u``'s retrieved sample indices (padding dropped)."""
-        row = self.ids[u]
-        return row[row >= 0]
-
-    def save(self, path: str | os.PathLike) -> None:
-        meta = {"format": RETRIEVAL_FORMAT, "stats": json.dumps(self.stats, default=str)}
-        atomic_write(path, safetensors_bytes({"ids": self.ids, "scores": self.scores}, metadata=meta))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Retrieval":
-        meta, arrays = read_safetensors(path, "retrieval file")
-        if meta.get("format") != RETRIEVAL_FORMAT or set(arrays) != {"ids", "scores"}:
-            raise ValueError(f"{path}: not a retrieval file (format {meta.get('format')!r}, tensors {sorted(arrays)})")
-        ids, scores = arrays["ids"], arrays["scores"]
-        if ids.dtype != np.int64 or ids.ndim != 2 or scores.shape != ids.shape:
-            raise ValueError(f"{path}: ids must be int64 [U, K] with scores of the same shape")
-        return cls(ids=ids, scores=scores, stats=json.loads(meta.get("stats", "{}")))
 
 
 class _PeakRSS:

@@ -92,7 +92,7 @@ def as_tf_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_siz
     return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for_sgd(model: CTRModel, learning_rate: float, optimizer: str = "sgd") -> None:
+def compile_cloud_model(model: CTRModel, learning_rate: float, optimizer: str = "sgd") -> None:
     """Compile with the shared loss and ``optimizer`` (SGD unless told)."""
     model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate), loss=CorrectedLogLoss(), jit_compile=False)
 
@@ -122,7 +122,7 @@ def train_cloud(
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         model = models.build(name, dataset.spec, seed=config.seed, **config.model_kwargs)
-        compile_for_sgd(model, config.rate, config.optimizer)
+        compile_cloud_model(model, config.rate, config.optimizer)
     features, labels = dataset.train_rows()
     if config.epochs and len(labels):
         schedule = keras.callbacks.LearningRateScheduler(

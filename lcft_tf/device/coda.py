@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from lcft_tf.cloud.retrieval import USER_FEATURE
+from lcft_tf import methods
+from lcft_tf.artifacts.coda_files import USER_FEATURE
 from lcft_tf.correction import CORRECTIONS
+from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 
 KEEP_RULES = ("threshold", "fraction")
@@ -55,19 +57,18 @@ class CodaConfig:
             raise ValueError(f"correction must be None or one of {CORRECTIONS}, got {self.correction!r}")
 
 
-METHOD_CONFIGS = {
-    "coda": CodaConfig(),
-    "coda_lcft": CodaConfig(correction="soft2"),
-    "retrieval_only": CodaConfig(use_classifier=False),
-}
-
-
-def method_config(method: str, **overrides: Any) -> CodaConfig:
-    """The :class:`CodaConfig` of fleet method ``coda`` / ``coda_lcft`` /
-    ``retrieval_only``, with option overrides (e.g. ``keep_value=0.7``)."""
-    if method not in METHOD_CONFIGS:
-        raise ValueError(f"unknown CoDA method {method!r}; choose from {sorted(METHOD_CONFIGS)}")
-    return dataclasses.replace(METHOD_CONFIGS[method], **overrides)
+def method_config(method: str, base: CodaConfig | None = None, **overrides: Any) -> CodaConfig:
+    """The :class:`CodaConfig` of CoDA method ``method`` (a registry row of
+    kind ``coda``, :mod:`lcft_tf.methods`): ``base``'s options (default
+    :class:`CodaConfig`) with the method's own fine matching and correction,
+    then ``overrides`` (e.g. ``keep_value=0.7``). Raises ``ValueError`` for a
+    method that is not a CoDA method."""
+    row = methods.REGISTRY.get(method)
+    if row is None or row.kind != "coda":
+        raise ValueError(f"unknown CoDA method {method!r}; choose from {list(methods.of_kind(methods.METHODS, 'coda'))}")
+    own = {"use_classifier": row.coda_matching == "classifier",
+           "correction": None if row.correction == "none" else row.correction}
+    return dataclasses.replace(base or CodaConfig(), **own, **overrides)
 
 
 @dataclasses.dataclass
@@ -174,8 +175,6 @@ def coda_fine_tune_and_predict(
         labels = device.correct(labels, config.correction)  # w: click rate of the whole set (docs/coda.md)
     elif len(labels):
         labels = labels.astype(np.float32)
-    from lcft_tf.device.fleet import fine_tune_and_predict  # here: fleet will import this module
-
     predictions = fine_tune_and_predict(device, cloud_state, features, labels, test_features, learning_rate, epochs)
     return CodaResult(predictions=predictions, kept=kept, probabilities=probability)
 

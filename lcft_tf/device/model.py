@@ -12,7 +12,6 @@ bad data fails with a ``ValueError`` before it reaches the interpreter.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -23,14 +22,13 @@ from ai_edge_litert.interpreter import Interpreter
 from safetensors.numpy import save as safetensors_bytes
 
 from lcft_tf import checks
-from lcft_tf._io import CHECKPOINT_FORMAT, atomic_write, read_safetensors, remove_stale_temps, sha256, state_fingerprint
+from lcft_tf._io import atomic_write, read_safetensors, remove_stale_temps, sha256
+from lcft_tf.artifacts.checkpoint import CHECKPOINT_FORMAT, state_fingerprint
+from lcft_tf.artifacts.tflite import OPTIONAL_SIGNATURES, REQUIRED_SIGNATURES, metadata_path, read_metadata, signature_table
 from lcft_tf.correction import CORRECTION_IDS, CORRECTIONS, HardCorrectionTable, local_ctr
 from lcft_tf.features import FeatureSpec
 
-SIGNATURES = ("train", "infer", "save", "restore", "correct")
-OPTIONAL_SIGNATURES = ("infer_one",)  # batch-1 scoring; older files lack it and use infer
 RUNTIMES = ("interpreter", "compiled")
-FORMAT, FORMAT_VERSION = "lcft-tflite", 2  # 2: train outputs grad_norm/applied, correct outputs valid
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +42,11 @@ class OnDeviceModel:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.runtime = runtime
         self.path = Path(path)
-        meta_path = self.path.with_suffix(".json")
+        meta_path = metadata_path(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no model file at {self.path}")
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"no metadata beside the model: expected {meta_path}")
+        self.metadata: dict[str, Any] = read_metadata(self.path)
         content = self.path.read_bytes()
-        self.metadata: dict[str, Any] = json.loads(meta_path.read_text())
-        version = (self.metadata.get("format"), self.metadata.get("format_version"))
-        if version != (FORMAT, FORMAT_VERSION):
-            raise ValueError(f"{meta_path}: format {version}, this package reads {(FORMAT, FORMAT_VERSION)}; re-export the model")
         if self.metadata.get("tflite_sha256") != sha256(content):
             raise ValueError(f"{self.path} does not match the sha256 in {meta_path} (file changed after export?)")
         if runtime == "interpreter":
@@ -65,9 +58,9 @@ class OnDeviceModel:
             found = set(self.interpreter.get_signature_list())
             runner = lambda key: _CompiledSignature(self.interpreter, key)
         optional = found & set(OPTIONAL_SIGNATURES)
-        if found - optional != set(SIGNATURES):
-            raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(SIGNATURES)}")
-        self.signatures = (*SIGNATURES, *sorted(optional))
+        if found - optional != set(REQUIRED_SIGNATURES):
+            raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(REQUIRED_SIGNATURES)}")
+        self.signatures = (*REQUIRED_SIGNATURES, *sorted(optional))
         self._runners = {key: runner(key) for key in self.signatures}
         self._check_signatures(meta_path)
         self.spec = FeatureSpec.from_json(self.metadata["feature_spec"])
@@ -235,6 +228,12 @@ class OnDeviceModel:
         batch = int(self._runners["train"].get_input_details()["label"]["shape"][0])
         if self.metadata.get("batch_size") != batch:
             raise ValueError(f"{meta_path}: batch_size is {self.metadata.get('batch_size')}, the model has {batch}")
+        # And the whole table with the contract both sides derive it from.
+        contract = signature_table(batch, declared["infer"]["inputs"], declared["save"]["outputs"])
+        for key in self.signatures:
+            if declared[key] != contract[key]:
+                raise ValueError(f"{meta_path}: signatures.{key} differs from the signature table of "
+                                 "lcft_tf.artifacts.tflite (an edited or foreign file)")
         spec = FeatureSpec.from_json(self.metadata["feature_spec"])
         infer = self._runners["infer"].get_input_details()
         if set(spec.names) != set(infer):

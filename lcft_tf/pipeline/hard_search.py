@@ -12,8 +12,10 @@ group with no usable users keeps the raw labels.
 
 Cost: ``groups x users_per_group x |alphas| x |betas|`` device fine-tunes,
 reported in the returned dict. They run as fleet work: one task per sampled
-user (its whole grid) on any fleet executor (serial, process pool, Ray), so
-the search gets the fleet's parallelism (docs/scaling.md).
+user (its whole grid, :func:`fine_tune_grid`) on the fleet's public worker
+API and any fleet executor (serial, process pool, Ray), so the search gets
+the fleet's parallelism (docs/scaling.md). It drives devices for the cloud,
+so it lives in the pipeline layer, above both (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lcft_tf.correction import HardCorrectionTable
+from lcft_tf.correction import HardCorrectionTable, interval_of
 from lcft_tf.data.dataset import CTRDataset
-from lcft_tf.device.fleet import Executor, FleetConfig, map_device_tasks, search_user_grid
+from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.evaluation.metrics import user_weighted_auc
+from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.fleet.executors import Executor
+from lcft_tf.fleet.simulate import map_device_tasks
+from lcft_tf.fleet.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
 
@@ -66,48 +72,23 @@ def search_hard_table(
     ``dataset`` is the folder of a saved dataset (:meth:`CTRDataset.save`),
     which the workers memory-map; an in-memory :class:`CTRDataset` runs
     serially in this process. The fine-tunes run as one task per sampled user
-    (its whole grid, :func:`lcft_tf.device.fleet.search_user_grid`) on
+    (its whole grid, :func:`fine_tune_grid`) on
     ``executor`` (default: serial); the result does not depend on it."""
     config = config or HardSearchConfig()
     started = time.perf_counter()
     data = dataset if isinstance(dataset, CTRDataset) else CTRDataset.load(dataset)
-    rng = np.random.default_rng(config.seed)
-    w = data.local_ctrs()
-    groups = np.searchsorted(np.asarray(config.edges), w, side="right")
     grid = [(1.0, 0.0)] + [p for p in itertools.product(config.alphas, config.betas) if p != (1.0, 0.0)]
-    # Which users each group searches, and where their validation part starts.
-    searched: list[np.ndarray] = []
-    members_per_group = []
-    tasks = []
-    for g in range(len(config.edges) + 1):
-        members = np.flatnonzero((groups == g) & np.isfinite(w))
-        members_per_group.append(len(members))
-        users = []
-        for u in rng.permutation(members)[: config.users_per_group]:
-            labels = data.user(int(u)).train_labels
-            n = len(labels)
-            cut = n - max(int(round(n * config.validation_fraction)), config.min_validation)
-            if cut < 1 or labels[cut:].min() == labels[cut:].max():
-                continue  # too few samples, or a one-class validation set
-            users.append((int(u), cut))
-        searched.append(users)
-        tasks += [(u, cut, tuple(grid)) for u, cut in users]
-
+    searched, members_per_group = _sample_users(data, config)
+    tasks = [(u, cut, tuple(grid)) for users in searched for u, cut in users]
     device = FleetConfig(learning_rate=learning_rate, epochs=epochs, workers=1)
     predictions = {}
     with tqdm(total=len(tasks), desc="hard search", unit="user", disable=None) as bar:
-        for result in map_device_tasks(model_path, dataset, device, search_user_grid, tasks, executor):
+        for result in map_device_tasks(model_path, dataset, device, fine_tune_grid, tasks, executor):
             predictions[result["user"]] = result["predictions"]
             bar.update(1)
-
     alphas, betas, report = [], [], []
     for g, users in enumerate(searched):
-        scores = []
-        labels = [data.user(u).train_labels[cut:] for u, cut in users]
-        ids = np.concatenate([np.full(len(y), i) for i, y in enumerate(labels)]) if users else None
-        for p in range(len(grid)) if users else []:
-            preds = np.concatenate([predictions[u][p] for u, _ in users])
-            scores.append(user_weighted_auc(ids, np.concatenate(labels), preds).value)
+        scores = _grid_scores(data, users, predictions, len(grid))
         best = int(np.argmax(scores)) if scores else 0  # argmax: first best, (1, 0) first
         alphas.append(grid[best][0])
         betas.append(grid[best][1])
@@ -127,3 +108,55 @@ def search_hard_table(
     cost = {"fine_tunes": fine_tunes, "grid_size": len(grid), "seconds": round(time.perf_counter() - started, 2)}
     log.info("hard table %s (%d fine-tunes, %.1f s)", table.to_json(), fine_tunes, cost["seconds"])
     return table, {"groups": report, "cost": cost, "config": dataclasses.asdict(config)}
+
+
+def _sample_users(data: CTRDataset, config: HardSearchConfig) -> tuple[list[list[tuple[int, int]]], list[int]]:
+    """Per group, the sampled ``(user, cut)`` pairs (``cut``: where the
+    user's validation part starts), and each group's number of members."""
+    rng = np.random.default_rng(config.seed)
+    w = data.local_ctrs()
+    groups = interval_of(config.edges, w)
+    searched, members_per_group = [], []
+    for g in range(len(config.edges) + 1):
+        members = np.flatnonzero((groups == g) & np.isfinite(w))
+        members_per_group.append(len(members))
+        users = []
+        for u in rng.permutation(members)[: config.users_per_group]:
+            labels = data.user(int(u)).train_labels
+            n = len(labels)
+            cut = n - max(int(round(n * config.validation_fraction)), config.min_validation)
+            if cut < 1 or labels[cut:].min() == labels[cut:].max():
+                continue  # too few samples, or a one-class validation set
+            users.append((int(u), cut))
+        searched.append(users)
+    return searched, members_per_group
+
+
+def _grid_scores(data: CTRDataset, users: list[tuple[int, int]], predictions: dict, grid_size: int) -> list[float]:
+    """User-weighted validation AUC of each grid pair over ``users`` (empty without users)."""
+    if not users:
+        return []
+    labels = [data.user(u).train_labels[cut:] for u, cut in users]
+    ids = np.concatenate([np.full(len(y), i) for i, y in enumerate(labels)])
+    return [user_weighted_auc(ids, np.concatenate(labels), np.concatenate([predictions[u][p] for u, _ in users])).value
+            for p in range(grid_size)]
+
+
+def fine_tune_grid(worker: DeviceWorker, task: tuple[int, int, tuple[tuple[float, float], ...]]) -> dict[str, Any]:
+    """The search's work for one user, run in a fleet worker: for each
+    ``(alpha, beta)`` of the grid, restore the cloud weights, fine-tune on the
+    first ``cut`` train samples with targets ``alpha`` (positives) / ``beta``
+    (negatives), and predict the remaining train samples (the validation
+    part). Returns ``{"user", "predictions": [len(grid), n - cut] float32}``."""
+    user, cut, grid = task
+    config = worker.config
+    view = worker.dataset.user(user)
+    fit = {k: v[:cut] for k, v in view.train_features.items()}
+    val = {k: v[cut:] for k, v in view.train_features.items()}
+    y = view.train_labels[:cut]
+    predictions = [
+        fine_tune_and_predict(worker.device, worker.state, fit, np.where(y == 1, alpha, beta).astype(np.float32), val,
+                              config.learning_rate, config.epochs)
+        for alpha, beta in grid
+    ]
+    return {"user": user, "predictions": np.stack(predictions)}

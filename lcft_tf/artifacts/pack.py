@@ -1,0 +1,274 @@
+"""Per-device packs: the numpy half of the submodel contract (docs/submodels.md).
+
+A full-size training step reads and rewrites every row of every embedding
+table, so at real catalogue sizes a phone holds a *submodel*
+``<name>.sub.tflite`` (the same graph with tables of a fixed ``capacity`` of
+rows, written by :func:`lcft_tf.cloud.submodel.export_submodel`) and a *pack*
+cut for it from the global state: the rows of the ids in the device's samples
+(every sequence position too), the OOV row, and all dense weights (and Adam
+slots). The device remaps global ids to pack slots on the host before
+``train`` / ``infer`` (:meth:`Pack.remap`), fine-tunes, and
+:func:`sparse_update` turns the trained pack back into the changed rows of the
+global tables plus the dense weights, which :func:`apply_update` merges into
+the global state.
+
+This module is numpy only: the cloud writes these layouts and the device and
+fleet read them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load as safetensors_load
+from safetensors.numpy import save as safetensors_bytes
+
+from lcft_tf.features import FeatureSpec
+
+
+PACK_FORMAT = "lcft-pack-v1"
+IDMAP_PREFIX = "idmap."  # pack tensor "idmap.<table>": global id of every slot (-1: empty)
+EMPTY = -1
+
+
+class PackCapacityError(ValueError):
+    """A device uses more distinct ids of a table than the submodel holds."""
+
+
+def table_rows(spec: FeatureSpec, capacity: int) -> dict[str, int]:
+    """Rows (without the OOV row) of each table in the submodel: tables that
+    fit are shipped whole (identity map), larger ones get ``capacity``."""
+    return {t: min(v, capacity) for t, v in spec.tables.items()}
+
+
+def submodel_spec(spec: FeatureSpec, capacity: int) -> FeatureSpec:
+    """``spec`` with every table's vocabulary cut to its submodel rows."""
+    rows = table_rows(spec, capacity)
+    features = []
+    for f in spec.features:
+        if hasattr(f, "vocab_size"):
+            f = dataclasses.replace(f, vocab_size=rows[f.table])
+        features.append(f)
+    return FeatureSpec(tuple(features))
+
+
+def reserved_ids(spec: FeatureSpec) -> dict[str, list[int]]:
+    """Ids that keep their own value as slot in every pack: 0 (padding /
+    unknown, docs: lcft_tf/features.py) and each sequence's ``padding_id``
+    inside the vocabulary, so the in-graph padding masks see the same ids."""
+    out: dict[str, set[int]] = {t: {0} for t in spec.tables}
+    for f in spec.sequences:
+        if 0 <= f.padding_id < f.vocab_size:
+            out[f.table].add(f.padding_id)
+    return {t: sorted(ids) for t, ids in out.items()}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TableLayout:
+    vocab_size: int
+    rows: int
+    state: tuple[str, ...]
+    reserved_ids: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmodelLayout:
+    """What the submodel's metadata says about its tables."""
+
+    capacity: int
+    tables: dict[str, TableLayout]
+    feature_tables: dict[str, str]  # feature name -> table, for id features
+    full_sha256: str
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any]) -> "SubmodelLayout":
+        sub = metadata.get("submodel")
+        if not sub or "tables" not in sub:
+            raise ValueError("the metadata describes no submodel (no submodel.tables)")
+        spec = FeatureSpec.from_json(metadata["feature_spec"])
+        tables = {
+            t: TableLayout(int(d["vocab_size"]), int(d["rows"]), tuple(d["state"]), tuple(d["reserved_ids"]))
+            for t, d in sub["tables"].items()
+        }
+        return cls(int(sub["capacity"]), tables, {f.name: f.table for f in spec.sparse + spec.sequences},
+                   sub["full_model"]["tflite_sha256"])
+
+    @property
+    def table_state(self) -> dict[str, str]:
+        return {n: t for t, layout in self.tables.items() for n in layout.state}
+
+
+@dataclasses.dataclass
+class Pack:
+    """One device's slice of the global state: ``state`` is what the
+    submodel's ``restore`` takes; ``id_maps[table][slot]`` is the global id
+    in each slot (-1 empty)."""
+
+    layout: SubmodelLayout
+    state: dict[str, np.ndarray]
+    id_maps: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        self._lookup = {}
+        for table, ids in self.id_maps.items():
+            layout = self.layout.tables[table]
+            if ids.shape != (layout.rows,):
+                raise ValueError(f"id map of table {table!r}: shape {ids.shape}, the submodel has ({layout.rows},)")
+            used = np.flatnonzero(ids != EMPTY)
+            order = np.argsort(ids[used], kind="stable")
+            sorted_ids, slots = ids[used][order], used[order]
+            if len(sorted_ids) and (sorted_ids[0] < 0 or sorted_ids[-1] >= layout.vocab_size
+                                    or np.any(sorted_ids[1:] == sorted_ids[:-1])):
+                raise ValueError(f"id map of table {table!r} holds ids outside [0, {layout.vocab_size}) or duplicates")
+            self._lookup[table] = (sorted_ids, slots)
+
+    def slots(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """Submodel ids for global ``ids`` of ``table`` (see docs/submodels.md):
+        packed ids -> their slot, other in-vocabulary ids -> the OOV slot,
+        ids outside the global vocabulary unchanged (the graph sends them to
+        the OOV row, as the full model does)."""
+        layout = self.layout.tables[table]
+        ids = np.asarray(ids)
+        sorted_ids, slots = self._lookup[table]
+        inside = (ids >= 0) & (ids < layout.vocab_size)
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
+        hit = inside & (sorted_ids[pos] == ids) if len(sorted_ids) else np.zeros(ids.shape, bool)
+        out = np.where(inside, layout.rows, ids)
+        return np.where(hit, slots[pos] if len(slots) else 0, out).astype(np.int32)
+
+    def remap(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Features with every id replaced by its slot (dense features as is)."""
+        out = {}
+        for name, value in features.items():
+            table = self.layout.feature_tables.get(name)
+            out[name] = value if table is None else self.slots(table, value)
+        return out
+
+    def global_rows(self, table: str) -> np.ndarray:
+        """The global table row of every pack row (-1 empty; the last is OOV)."""
+        return np.append(self.id_maps[table], self.layout.tables[table].vocab_size)
+
+    # -- on disk: one safetensors file, state + "idmap.<table>" ---------------
+    def to_bytes(self, state: Mapping[str, np.ndarray] | None = None) -> bytes:
+        """The pack as safetensors (``state`` defaults to the packed state;
+        pass the submodel's ``save()`` to ship the fine-tuned pack)."""
+        tensors = {**(state if state is not None else self.state),
+                   **{IDMAP_PREFIX + t: ids for t, ids in self.id_maps.items()}}
+        meta = {"format": PACK_FORMAT, "full_model_sha256": self.layout.full_sha256,
+                "capacity": str(self.layout.capacity)}
+        return safetensors_bytes({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=meta)
+
+    @classmethod
+    def from_bytes(cls, layout: SubmodelLayout, data: bytes) -> "Pack":
+        try:
+            tensors = safetensors_load(data)
+        except (SafetensorError, ValueError) as err:
+            raise ValueError(f"not a readable pack ({err})") from None
+        maps = {k[len(IDMAP_PREFIX):]: v for k, v in tensors.items() if k.startswith(IDMAP_PREFIX)}
+        if set(maps) != set(layout.tables):
+            raise ValueError(f"pack id maps {sorted(maps)} differ from the submodel's tables {sorted(layout.tables)}")
+        state = {k: v for k, v in tensors.items() if not k.startswith(IDMAP_PREFIX)}
+        return cls(layout, state, {t: v.astype(np.int64) for t, v in maps.items()})
+
+
+def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
+              *feature_sets: Mapping[str, np.ndarray]) -> Pack:
+    """Cut the pack of the ids in ``feature_sets`` (e.g. a device's train and
+    test features) from ``global_state`` (the full model's ``save()``).
+
+    Raises :class:`PackCapacityError` when a table needs more rows than the
+    submodel has; never drops a row."""
+    used: dict[str, list[np.ndarray]] = {t: [] for t in layout.tables}
+    for features in feature_sets:
+        for name, table in layout.feature_tables.items():
+            if name in features:
+                used[table].append(np.asarray(features[name]).reshape(-1))
+    id_maps = {}
+    for table, t in layout.tables.items():
+        if t.rows == t.vocab_size:  # the whole table fits: identity map
+            id_maps[table] = np.arange(t.rows, dtype=np.int64)
+            continue
+        ids = np.unique(np.concatenate(used[table])) if used[table] else np.zeros(0, np.int64)
+        keep = (ids >= 0) & (ids < t.vocab_size)  # others read the OOV row either way
+        for r in t.reserved_ids:
+            keep &= ids != r
+        ids = ids[keep]
+        if len(ids) + len(t.reserved_ids) > t.rows:
+            raise PackCapacityError(
+                f"table {table!r}: the device uses {len(ids) + len(t.reserved_ids)} rows, the submodel holds "
+                f"{t.rows}; export with a larger submodel_capacity"
+            )
+        slot_ids = np.full(t.rows, EMPTY, np.int64)
+        slot_ids[list(t.reserved_ids)] = t.reserved_ids
+        free = np.flatnonzero(slot_ids == EMPTY)[: len(ids)]
+        slot_ids[free] = ids
+        id_maps[table] = slot_ids
+    table_of = layout.table_state
+    state = {}
+    for name, value in global_state.items():
+        table = table_of.get(name)
+        if table is None:
+            state[name] = value  # shared, not copied: restore copies it into the model
+            continue
+        rows = np.append(id_maps[table], layout.tables[table].vocab_size)  # last row: OOV
+        if value.shape[0] != layout.tables[table].vocab_size + 1:
+            raise ValueError(f"global state {name!r} has {value.shape[0]} rows, the table has "
+                             f"{layout.tables[table].vocab_size} + 1")
+        packed = np.zeros((len(rows), *value.shape[1:]), value.dtype)
+        real = rows != EMPTY
+        packed[real] = value[rows[real]]
+        state[name] = packed
+    return Pack(layout, state, id_maps)
+
+
+@dataclasses.dataclass
+class SparseUpdate:
+    """What a device uploads after fine-tuning: for each table the global
+    rows that changed and their new values (weights and optimizer slots),
+    and every non-table tensor whole."""
+
+    rows: dict[str, np.ndarray]  # table -> global row indices (vocab_size = OOV row)
+    values: dict[str, np.ndarray]  # table state name -> [len(rows[table]), ...]
+    dense: dict[str, np.ndarray]
+
+
+def sparse_update(pack: Pack, trained: Mapping[str, np.ndarray]) -> SparseUpdate:
+    """The rows of ``trained`` (the submodel's ``save()`` after fine-tuning
+    from ``pack``) that differ from the pack, as global rows."""
+    layout = pack.layout
+    rows, values, dense = {}, {}, {}
+    for table, t in layout.tables.items():
+        global_rows = pack.global_rows(table)
+        changed = np.zeros(len(global_rows), bool)
+        for name in t.state:
+            diff = trained[name] != pack.state[name]
+            changed |= diff.reshape(len(diff), -1).any(axis=1)
+        if np.any(changed & (global_rows == EMPTY)):
+            raise ValueError(f"table {table!r}: an empty slot changed during fine-tuning (ids were not remapped?)")
+        rows[table] = global_rows[changed]
+        for name in t.state:
+            values[name] = np.array(trained[name][changed])
+    table_of = layout.table_state
+    for name, value in trained.items():
+        if name not in table_of:
+            dense[name] = np.array(value)
+    return SparseUpdate(rows, values, dense)
+
+
+def apply_update(global_state: Mapping[str, np.ndarray], layout: SubmodelLayout,
+                 update: SparseUpdate) -> dict[str, np.ndarray]:
+    """A new global state: ``global_state`` with ``update``'s rows and dense
+    tensors written in (the input is not modified)."""
+    out = {k: np.array(v) for k, v in global_state.items()}
+    for table, t in layout.tables.items():
+        for name in t.state:
+            out[name][update.rows[table]] = update.values[name]
+    for name, value in update.dense.items():
+        if out[name].shape != value.shape:
+            raise ValueError(f"update tensor {name!r}: shape {value.shape}, the global state has {out[name].shape}")
+        out[name] = np.array(value)
+    return out

@@ -1,0 +1,94 @@
+"""Where fleet tasks run: serial, a local process pool, or Ray (docs/scaling.md).
+
+Every executor offers ``map_unordered(initializer, initargs, fn, tasks)``:
+each worker runs ``initializer(*initargs)`` once, then ``fn(task)`` per task,
+and results are yielded as they finish. ``close()`` releases what the
+executor started (a local Ray).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Any, Callable, Iterator, Protocol
+
+
+class Executor(Protocol):
+    """What the fleet and the hard-table search run their tasks on."""
+
+    def map_unordered(
+        self, initializer: Callable[..., None], initargs: tuple, fn: Callable[[Any], Any], tasks: list
+    ) -> Iterator[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class SerialExecutor:
+    """Runs every task in this process (tests, debugging, one core)."""
+
+    def close(self) -> None:
+        pass
+
+    def map_unordered(self, initializer, initargs, fn, tasks):
+        initializer(*initargs)
+        for task in tasks:
+            yield fn(task)
+
+
+class ProcessExecutor:
+    """A local pool of ``workers`` spawned processes (0: one per CPU core;
+    no fork: the parent may hold TensorFlow)."""
+
+    def __init__(self, workers: int = 0):
+        self.workers = workers or os.cpu_count() or 1
+
+    def close(self) -> None:
+        pass
+
+    def map_unordered(self, initializer, initargs, fn, tasks):
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=min(self.workers, max(len(tasks), 1)),
+            mp_context=context,
+            initializer=initializer,
+            initargs=initargs,
+        ) as pool:
+            futures = [pool.submit(fn, task) for task in tasks]
+            try:
+                for future in concurrent.futures.as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+
+def _ray(workers: int, address: str | None) -> Executor:
+    from lcft_tf.fleet.ray_executor import RayExecutor  # Ray is optional: imported only when asked for
+
+    return RayExecutor(workers, address)
+
+
+# name -> factory(workers, ray_address); "auto" is resolved by make_executor.
+EXECUTORS: dict[str, Callable[[int, str | None], Executor]] = {
+    "serial": lambda workers, address: SerialExecutor(),
+    "process": lambda workers, address: ProcessExecutor(workers),
+    "ray": _ray,
+}
+
+
+def make_executor(name: str = "auto", workers: int = 0, ray_address: str | None = None) -> Executor:
+    """The executor ``name`` (``auto``: serial for one worker, else the
+    process pool); ``close()`` it when done. Raises ``ValueError`` for an
+    unknown name, or for ``ray`` when Ray is not installed."""
+    if name == "auto":
+        name = "serial" if (workers or os.cpu_count() or 1) == 1 else "process"
+    if name not in EXECUTORS:
+        raise ValueError(f"unknown executor {name!r}; choose from {['auto', *EXECUTORS]}")
+    return EXECUTORS[name](workers, ray_address)
+
+
+def is_in_process(executor: Executor) -> bool:
+    """True if ``executor`` runs tasks in this process (no pickling, no child)."""
+    return isinstance(executor, SerialExecutor)

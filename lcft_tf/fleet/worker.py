@@ -1,0 +1,254 @@
+"""One fleet worker: the model, dataset and CoDA inputs it loaded once, and
+the per-user work of every method (docs/pipeline.md).
+
+For each user a device restores the cloud weights, fine-tunes ``epochs``
+passes over its train samples in time order with raw labels (Local) or
+corrected labels (Soft1 / Soft2 / Hard, computed by the file's ``correct``
+signature) or on local plus retrieved samples (CoDA), then predicts its test
+samples. Cloud = no fine-tuning. Every step runs in the LiteRT interpreter.
+
+An executor starts a worker with :func:`start_worker` (its initializer) and
+runs module-level task functions in it: :func:`run_chunk` for the fleet, and
+any ``fn(worker, task)`` through :func:`call_with_worker` (the hard-table
+search uses this). :func:`current_worker` is the public handle tests and
+benchmarks use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lcft_tf import methods
+from lcft_tf._io import atomic_write, sha256
+from lcft_tf.artifacts.coda_files import CodaInputs
+from lcft_tf.artifacts.fleet_chunks import chunk_name, encode_chunk
+from lcft_tf.artifacts.pack import PackCapacityError
+from lcft_tf.artifacts.tflite import read_metadata
+from lcft_tf.data.dataset import CTRDataset, UserView
+from lcft_tf.device.coda import coda_fine_tune_and_predict, method_config, select_retrieved
+from lcft_tf.device.fine_tune import fine_tune_and_predict
+from lcft_tf.device.model import OnDeviceModel
+from lcft_tf.device.submodel import SubmodelDevice
+from lcft_tf.fleet.config import FleetConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """Start a daemon thread that ends this worker process as soon as its
+    parent is gone (reparented), so a killed run leaves no orphans."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(poll_seconds)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
+    """Whether the fleet runs users on the submodel exported beside
+    ``model_path`` (written only when a table exceeds its capacity).
+    Raises ``ValueError`` for mode ``on`` without a submodel."""
+    if mode == "off":
+        return False
+    if read_metadata(model_path).get("submodel"):
+        return True
+    if mode == "on":
+        raise ValueError(f"--device_submodel=on but {model_path} has no submodel (export with a "
+                         "submodel_capacity below the largest vocabulary)")
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker loads once (paths travel, never arrays, except an
+    in-memory dataset for a worker in this process)."""
+
+    model_path: str
+    dataset: str | CTRDataset
+    config: FleetConfig
+    chunk_dir: str | None = None
+    coda_dir: str | None = None
+    in_child: bool = True  # a child process: exit when the parent dies
+
+
+class DeviceWorker:
+    """One worker's devices: the CTR model (and its submodel), the cloud
+    state every user restores, the dataset, and CoDA's classifier."""
+
+    def __init__(self, setup: WorkerSetup):
+        config = setup.config
+        self.config = config
+        self.device = OnDeviceModel(setup.model_path, num_threads=config.interpreter_threads)
+        self.state = self.device.save()
+        self.submodel = (SubmodelDevice(setup.model_path, self.state, num_threads=config.interpreter_threads)
+                         if use_submodel(setup.model_path, config.submodel) else None)
+        self.dataset = setup.dataset if isinstance(setup.dataset, CTRDataset) else CTRDataset.load(setup.dataset)
+        self.chunk_dir = Path(setup.chunk_dir) if setup.chunk_dir is not None else None
+        self.coda = self.classifier = self.classifier_state = None
+        if setup.coda_dir is not None:
+            self.coda = CodaInputs.load(setup.coda_dir)
+            self.classifier = OnDeviceModel(self.coda.classifier_path, num_threads=config.interpreter_threads)
+            self.classifier_state = self.classifier.save()
+
+    @property
+    def rolled_back_steps(self) -> int:
+        """Train steps the model's guard dropped in this worker so far (both runtimes)."""
+        return self.device.rolled_back_steps + (self.submodel.device.rolled_back_steps if self.submodel else 0)
+
+    # -- one user ------------------------------------------------------------
+    def retrieved(self, u: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """The samples the cloud retrieved for user ``u``: features, labels,
+        their embeddings, and the embeddings of the user's own train samples."""
+        ids = self.coda.retrieval.user(u)
+        first, split = int(self.dataset.offsets[u]), int(self.dataset.split[u])
+        return self.dataset.take(ids), self.dataset.labels[ids], self.coda.embeddings[ids], self.coda.embeddings[first:split]
+
+    def runner_for(self, u: int, view: UserView, retrieved) -> tuple[OnDeviceModel, dict, dict, dict, Any]:
+        """``(device, state, train features, test features, retrieved)`` for
+        user ``u``: the user's pack on the submodel (same predictions,
+        docs/submodels.md), else the full model."""
+        full = (self.device, self.state, view.train_features, view.test_features, retrieved)
+        if self.submodel is None:
+            return full
+        try:  # the pack holds the rows of every sample the device will see, retrieved ones included
+            pack = self.submodel.pack(view.train_features, view.test_features, *([retrieved[0]] if retrieved else []))
+        except PackCapacityError as err:  # "on": fail in one line; "auto": this user on the full model, counted
+            if self.config.submodel == "on":
+                raise ValueError(f"user {u}: {err}") from None
+            log.warning("user %d runs on the full model: %s", u, err)
+            return full
+        if retrieved:
+            retrieved = (pack.remap(retrieved[0]), *retrieved[1:])
+        return self.submodel.device, pack.state, pack.remap(view.train_features), pack.remap(view.test_features), retrieved
+
+    def predict_user(self, u: int, view: UserView) -> tuple[dict[str, np.ndarray], dict[str, int], int, bool]:
+        """Every configured method's test predictions for user ``u``, the
+        kept retrieved samples per CoDA method, the device train steps taken,
+        and whether the user ran on the submodel."""
+        config = self.config
+        coda_methods = methods.of_kind(config.methods, "coda")
+        runner, state, train, test, retrieved = self.runner_for(u, view, self.retrieved(u) if coda_methods else None)
+        predictions, kept, steps = {}, {}, 0
+        matches: dict = {}  # the user's fine matching, shared by coda and coda_lcft
+        for name in config.methods:
+            method, rows = methods.get(name), len(view.train_labels)
+            if method.kind == "coda":
+                predictions[name], kept[name] = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
+                rows += kept[name]
+            else:
+                labels = None if method.kind == "cloud" else self.device.correct(view.train_labels, method.correction)
+                predictions[name] = fine_tune_and_predict(runner, state, train, labels, test, config.learning_rate,
+                                                          config.epochs)
+            if method.fine_tunes:
+                steps += config.epochs * -(-rows // self.device.batch_size)
+        return predictions, kept, steps, runner is not self.device
+
+    def _coda(self, method: str, u: int, view: UserView, runner, state, train, test, retrieved,
+              matches: dict) -> tuple[np.ndarray, int]:
+        """One user's CoDA test predictions and the number of kept samples.
+        ``matches`` caches the user's fine matching: it depends on the keep
+        rule and the classifier only, which ``coda`` and ``coda_lcft`` share."""
+        features, labels, retrieved_embeddings, local_embeddings = retrieved
+        coda = method_config(method, self.config.coda)
+        if coda.use_classifier and len(labels) and len(view.train_labels) and "match" not in matches:
+            matches["match"] = select_retrieved(self.classifier, self.classifier_state, local_embeddings,
+                                                retrieved_embeddings, coda, seed=u)
+        result = coda_fine_tune_and_predict(
+            runner, state, train, view.train_labels, test, features, labels,
+            self.config.learning_rate, self.config.epochs, coda,
+            self.classifier, self.classifier_state, local_embeddings, retrieved_embeddings, seed=u,
+            matched=matches.get("match"),
+        )
+        return result.predictions, result.kept
+
+    # -- one chunk -----------------------------------------------------------
+    def run_chunk(self, users: tuple[int, int]) -> dict[str, Any]:
+        """Fine-tune users ``[start, stop)``; write their chunk file; return
+        its manifest entry plus the device train steps taken."""
+        config = self.config
+        coda_methods = methods.of_kind(config.methods, "coda")
+        records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
+        predictions: dict[str, list] = {m: [] for m in config.methods}
+        kept: dict[str, list] = {m: [] for m in coda_methods}
+        steps, rolled_back, packed, on_full = 0, self.rolled_back_steps, 0, 0
+        for u in range(*users):
+            view = self.dataset.user(u)
+            if len(view.test_labels) == 0:
+                continue  # nothing to evaluate
+            user_predictions, user_kept, user_steps, on_submodel = self.predict_user(u, view)
+            packed, on_full, steps = packed + on_submodel, on_full + (not on_submodel), steps + user_steps
+            for key, value in (("user", u), ("local_ctr", view.local_ctr), ("num_train", len(view.train_labels)),
+                               ("num_test", len(view.test_labels)), ("labels", view.test_labels)):
+                records[key].append(value)
+            for m in config.methods:
+                predictions[m].append(user_predictions[m])
+            for m in coda_methods:
+                kept[m].append(user_kept[m])
+        arrays = {
+            "user": np.asarray(records["user"], np.int64),
+            "local_ctr": np.asarray(records["local_ctr"], np.float64),
+            "num_train": np.asarray(records["num_train"], np.int64),
+            "num_test": np.asarray(records["num_test"], np.int64),
+            "labels": _concat(records["labels"], np.int8),
+            **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
+            **{f"kept.{m}": np.asarray(k, np.int64) for m, k in kept.items()},
+        }
+        data = encode_chunk(users, arrays)
+        atomic_write(self.chunk_dir / chunk_name(users[0]), data)
+        return {"users": list(users), "sha256": sha256(data), "steps": steps,
+                "rolled_back": self.rolled_back_steps - rolled_back, "submodel_users": packed, "full_users": on_full}
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+
+# -- the worker of this process, for executors' module-level task functions ------
+_CURRENT: DeviceWorker | None = None
+
+
+def start_worker(setup: WorkerSetup) -> None:
+    """Executor initializer: load this process's :class:`DeviceWorker`."""
+    global _CURRENT
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if setup.in_child:
+        exit_with_parent()
+    _CURRENT = DeviceWorker(setup)
+
+
+def current_worker() -> DeviceWorker:
+    """This process's worker; raises ``RuntimeError`` before :func:`start_worker`."""
+    if _CURRENT is None:
+        raise RuntimeError("no device worker in this process (start_worker was not called)")
+    return _CURRENT
+
+
+def stop_worker() -> None:
+    """Drop this process's worker (a worker in the main process, after its tasks)."""
+    global _CURRENT
+    _CURRENT = None
+
+
+def run_chunk(users: tuple[int, int]) -> dict[str, Any]:
+    """Task function of the fleet: :meth:`DeviceWorker.run_chunk` in this process's worker."""
+    return current_worker().run_chunk(users)
+
+
+def call_with_worker(fn: Callable[[DeviceWorker, Any], Any], task: Any) -> Any:
+    """Task function for any ``fn(worker, task)`` (module level, so that it
+    pickles): runs it with this process's worker."""
+    return fn(current_worker(), task)
