@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lcft_tf._io import atomic_write
-from lcft_tf.features import FeatureSpec
+from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
 
 DATASET_FORMAT = "lcft-dataset-v1"
 
@@ -86,9 +86,7 @@ class CTRDataset:
 
     @property
     def train_mask(self) -> np.ndarray:
-        index = np.arange(self.num_samples)
-        user = np.repeat(np.arange(self.num_users), np.diff(self.offsets))
-        return index < self.split[user]
+        return np.arange(self.num_samples) < self.split[user_index(self.offsets)]
 
     @property
     def global_ctr(self) -> float:
@@ -119,10 +117,10 @@ class CTRDataset:
 
     def local_ctrs(self) -> np.ndarray:
         """``w_i`` of every user (NaN for users with no train samples)."""
-        clicks = np.r_[0, np.cumsum(self.labels, dtype=np.int64)]
-        counts = self.split - self.offsets[:-1]
+        clicks, _ = counts_per_side(self.offsets, self.split, self.labels)
+        counts, _ = counts_per_side(self.offsets, self.split)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, (clicks[self.split] - clicks[self.offsets[:-1]]) / counts, np.nan)
+            return np.where(counts > 0, clicks / counts, np.nan)
 
     def subset_users(self, users: np.ndarray) -> "CTRDataset":
         """A dataset with only ``users`` (in the given order)."""
@@ -270,12 +268,93 @@ def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.
     return start, end
 
 
-def users_with_enough_samples(offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int) -> np.ndarray:
-    """Per-user mask: at least ``min_train`` train and ``min_test`` test samples."""
-    return ((split - offsets[:-1]) >= min_train) & ((offsets[1:] - split) >= min_test)
+def counts_per_side(
+    offsets: np.ndarray, split: np.ndarray, counted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the number of train and of test samples, both int64
+    ``[num_users]``; with ``counted`` (0/1 or bool ``[num_samples]``) only
+    the samples where it holds count (e.g. clicks)."""
+    if counted is None:
+        return split - offsets[:-1], offsets[1:] - split
+    before = np.r_[0, np.cumsum(counted, dtype=np.int64)]  # counted among samples [0, k)
+    return before[split] - before[offsets[:-1]], before[offsets[1:]] - before[split]
+
+
+def users_with_enough_samples(
+    offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int, counted: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-user bool mask ``[num_users]``: at least ``min_train`` train and
+    ``min_test`` test samples (only those where ``counted`` holds, if given;
+    Amazon counts reviews, docs/data.md "Amazon")."""
+    train, test = counts_per_side(offsets, split, counted)
+    return (train >= min_train) & (test >= min_test)
+
+
+def user_offsets(users: np.ndarray) -> np.ndarray:
+    """Block offsets int64 ``[num_users + 1]`` of samples sorted by user key
+    ``users`` (any sortable dtype, ``[num_samples]``); each distinct key is
+    one user, numbered in key order."""
+    _, counts = np.unique(users, return_counts=True)
+    return np.r_[0, np.cumsum(counts)].astype(np.int64)
+
+
+def split_samples(
+    offsets: np.ndarray, timestamps: np.ndarray, mode: str, cut_timestamp: int, test_fraction: float
+) -> np.ndarray:
+    """The loaders' split by name: ``global`` is :func:`global_split` at
+    ``cut_timestamp``, anything else :func:`per_user_split` with
+    ``test_fraction`` keeping same-second samples together (docs/data.md)."""
+    if mode == "global":
+        return global_split(offsets, timestamps, cut_timestamp)
+    return per_user_split(offsets, test_fraction, timestamps)
 
 
 def global_split(offsets: np.ndarray, timestamps: np.ndarray, cut: int) -> np.ndarray:
     """Samples with ``timestamp <= cut`` are train, later ones test."""
     later = np.r_[0, np.cumsum(timestamps > cut, dtype=np.int64)]
     return offsets[1:] - (later[offsets[1:]] - later[offsets[:-1]])
+
+
+def category_ids(category_of: dict[Any, str], keys: list[Any], unknown: str = "(unknown)") -> tuple[np.ndarray, int, int]:
+    """Category id (int32 ``[len(keys)]``, 1-based in sorted name order, 0
+    stays padding) of every key, the number of names (``unknown`` included)
+    and how many keys have no category (they get ``unknown``)."""
+    names = sorted(set(category_of.values()) | {unknown})
+    index = {name: i + 1 for i, name in enumerate(names)}
+    ids = np.array([index[category_of.get(k, unknown)] for k in keys], np.int32).reshape(-1)
+    return ids, len(names), int(sum(k not in category_of for k in keys))
+
+
+def click_history_features(
+    offsets: np.ndarray,
+    timestamps: np.ndarray,
+    items: np.ndarray,
+    categories: np.ndarray,
+    labels: np.ndarray,
+    length: int,
+) -> dict[str, np.ndarray]:
+    """The MovieLens fields (paper §5.1, docs/data.md "MovieLens") of samples
+    sorted by (user, time): ``user_id`` (user number + 1), ``item_id`` and
+    ``category`` (``items`` / ``categories``, int32 ``[n]``), and ``pos_hist``
+    / ``neg_hist`` int32 ``[n, length]``, the user's strictly earlier
+    clicked / skipped items, most recent first, 0-padded."""
+    return {
+        "user_id": (user_index(offsets) + 1).astype(np.int32),
+        "item_id": items,
+        "category": categories,
+        "pos_hist": previous_items(offsets, timestamps, items, labels == 1, length),
+        "neg_hist": previous_items(offsets, timestamps, items, labels == 0, length),
+    }
+
+
+def click_history_spec(num_users: int, num_items: int, num_categories: int, length: int) -> tuple[Any, ...]:
+    """The features of :func:`click_history_features`; ids run ``1 .. num_*``
+    (0 is padding), histories embed and attend with ``item_id``."""
+    items = num_items + 1
+    return (
+        SparseFeature("user_id", num_users + 1),
+        SparseFeature("item_id", items),
+        SparseFeature("category", num_categories + 1),
+        SequenceFeature("pos_hist", items, length, embedding="item_id", query="item_id"),
+        SequenceFeature("neg_hist", items, length, embedding="item_id", query="item_id"),
+    )
