@@ -182,3 +182,18 @@ def fingerprint(files: Iterable[Path], options: dict[str, Any], loader_version: 
 def cache_dir_for(root: str | os.PathLike, dataset: str, print_: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
     return Path(root) / dataset / digest
+
+
+def check_split_options(options: Any, splits: tuple[str, ...]) -> None:
+    """The option rules the loaders share (docs/data.md): ``split`` one of
+    ``splits``, ``test_fraction`` in (0, 1), ``cut_timestamp`` an integer in
+    ``[0, MAX_INT]``, ``min_train`` / ``min_test`` / ``history_length``
+    integers >= 1. Raises ``ValueError`` naming the first bad field."""
+    if options.split not in splits:
+        raise ValueError(f"split must be {', '.join(splits[:-1])} or {splits[-1]}, got {options.split!r}")
+    if not 0.0 < options.test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {options.test_fraction!r}")
+    check_int(options.cut_timestamp, "cut_timestamp")
+    for name in ("min_train", "min_test", "history_length"):
+        if check_int(getattr(options, name), name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(options, name)}")
