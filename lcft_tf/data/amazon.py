@@ -115,7 +115,9 @@ class AmazonOptions:
 
 
 def raw_files(data_dir: Path, category: str | None) -> tuple[Path, Path | None]:
-    """The reviews file and the meta file (None when absent) of ``category``."""
+    """The reviews file and the meta file (None when absent) of ``category``.
+    Raises ``FileNotFoundError`` when the reviews file is missing or, without
+    a category, when the folder holds none or several."""
     if category is None:
         found = sorted({m.group(1) for p in data_dir.glob("reviews_*_5.json*") if (m := _REVIEWS.fullmatch(p.name))})
         if len(found) != 1:
@@ -163,7 +165,8 @@ def draw_negatives(
     """``counts[k]`` items in ``1 .. num_items`` for each row ``k``, uniform with
     replacement over the items ``(owner[k], item)`` is not in ``forbidden``
     (keys ``owner * (num_items + 1) + item``, sorted). Rejection sampling;
-    every owner must have at least one allowed item."""
+    every owner must have at least one allowed item. Returns int32
+    ``[counts.sum()]``, row 0's items first."""
     rows = np.repeat(np.arange(len(owner)), counts)
     stride = num_items + 1
     items = rng.integers(1, num_items + 1, len(rows))

@@ -168,7 +168,9 @@ RATING_DTYPE = [("user", "i8"), ("item", "i8"), ("rating", "f8"), ("timestamp", 
 
 
 def read_ratings(path: Path, fmt: str, reader: RowReader) -> np.ndarray:
-    """Structured array of user, item, rating, timestamp (``RATING_DTYPE``)."""
+    """Structured array of user, item, rating, timestamp (``RATING_DTYPE``;
+    timestamps in seconds). Raises :class:`RawDataError` for a bad header or
+    row (docs/data.md "Bad input") unless the reader skips rows."""
     sep = {"csv": ",", "dat": "::", "100k": "\t"}[fmt]
     header = HEADERS["ratings.csv"] if fmt == "csv" else None
     if header:
@@ -190,7 +192,8 @@ def _valid_ratings(data: np.ndarray) -> np.ndarray:
 
 
 def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
-    """Raw movie id -> its first genre."""
+    """Raw movie id -> its first genre (paper §5.1's category). Raises
+    :class:`RawDataError` for a bad row unless the reader skips rows."""
     if fmt == "csv":
 
         def parse(line):
@@ -217,7 +220,8 @@ def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
 
 
 def read_tag_count(path: Path | None, reader: RowReader) -> int:
-    """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without it."""
+    """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without
+    it (docs/data.md "Genome tag ids"). Raises :class:`RawDataError` for a bad row."""
     if path is None:
         return MAX_GENOME_TAGS
 
@@ -228,7 +232,9 @@ def read_tag_count(path: Path | None, reader: RowReader) -> int:
 
 
 def read_genome(path: Path, reader: RowReader, max_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Movie ids, tag ids (1 .. ``max_tag``), relevances of ``genome-scores.csv``."""
+    """Movie ids (int64), tag ids (int64, 1 .. ``max_tag``) and relevances
+    (float32) of ``genome-scores.csv``, each ``[rows]``. Raises
+    :class:`RawDataError` for a bad header or row unless the reader skips rows."""
     header = HEADERS["genome-scores.csv"]
     check_header(path, read_header(path), header, ",")
     dtype = [("movie", "i8"), ("tag", "i8"), ("relevance", "f8")]
