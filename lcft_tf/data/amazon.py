@@ -40,12 +40,16 @@ import numpy as np
 
 from lcft_tf.data.dataset import (
     CTRDataset,
-    global_split,
-    per_user_split,
+    category_ids,
+    click_history_spec,
     previous_items,
+    split_samples,
+    user_index,
+    user_offsets,
+    users_with_enough_samples,
 )
-from lcft_tf.data.raw import RawDataError, RowReader, check_int, require_files, resolve
-from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
+from lcft_tf.data.raw import RawDataError, RowReader, check_int, check_split_options, require_files, resolve
+from lcft_tf.features import FeatureSpec, SequenceFeature
 
 log = logging.getLogger(__name__)
 
@@ -59,36 +63,42 @@ _REVIEWS = re.compile(r"reviews_([A-Za-z0-9_]+)_5\.json(\.gz)?")
 
 @dataclasses.dataclass(frozen=True)
 class AmazonOptions:
-    """How Amazon raw files become a dataset (rules: docs/data.md).
+    """How Amazon raw files become a dataset (rules: docs/data.md "Amazon").
 
-    Fields:
-      category: the <Category> of reviews_<Category>_5.json; None finds the
-        only reviews file in the folder.
-      negatives: per_user_ratio (each user r negatives per review, r drawn
-        from negative_ratios) | one_per_review (DIN's 1:1, no drift).
-      negative_ratios: the ratios per_user_ratio draws from, uniformly.
-      split: global (cut_timestamp) | per_user (test_fraction).
-      cut_timestamp: global split: train is unixReviewTime <= cut.
-      test_fraction: per_user split: each user's last fraction is test.
-      min_train: a user is kept with at least this many train reviews
-        (3 reviews = the old 5 samples at one negative per review).
-      min_test: ... and at least this many test reviews.
-      history_length: length of pos_hist / pos_hist_cat.
-      seed: seed of the ratio draws and the negative sampling.
-      skip_bad_rows: skip and count malformed rows instead of stopping.
+    Raises ``ValueError`` on construction for a bad category name, unknown
+    negatives or split, ratios outside [1, 1000], a ``test_fraction``
+    outside (0, 1), or a non-integer / out-of-range count or seed.
     """
 
-    category: str | None = None
-    negatives: str = "per_user_ratio"
-    negative_ratios: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 9)
-    split: str = "global"
-    cut_timestamp: int = PAPER_CUT
-    test_fraction: float = 0.2
-    min_train: int = 3
-    min_test: int = 1
-    history_length: int = 20
-    seed: int = 0
-    skip_bad_rows: bool = False
+    category: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "The <Category> of reviews_<Category>_5.json; None finds the only reviews file there."},
+    )
+    negatives: str = dataclasses.field(
+        default="per_user_ratio",
+        metadata={"help": "per_user_ratio (r negatives per review, r drawn per user) | one_per_review (DIN's 1:1)."},
+    )
+    negative_ratios: tuple[int, ...] = dataclasses.field(
+        default=(1, 2, 3, 4, 5, 6, 7, 8, 9), metadata={"help": "The ratios per_user_ratio draws from, uniformly."}
+    )
+    split: str = dataclasses.field(
+        default="global", metadata={"help": "global (cut_timestamp) | per_user (test_fraction)."}
+    )
+    cut_timestamp: int = dataclasses.field(
+        default=PAPER_CUT, metadata={"help": "Global split: train is unixReviewTime <= cut (seconds)."}
+    )
+    test_fraction: float = dataclasses.field(
+        default=0.2, metadata={"help": "Per-user split: each user's last fraction of samples that is test."}
+    )
+    min_train: int = dataclasses.field(
+        default=3, metadata={"help": "Fewest train reviews a kept user has (3 = the old 5 samples at 1:1)."}
+    )
+    min_test: int = dataclasses.field(default=1, metadata={"help": "Fewest test reviews a kept user has."})
+    history_length: int = dataclasses.field(default=20, metadata={"help": "Length of pos_hist / pos_hist_cat."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the ratio draws and the negative sampling."})
+    skip_bad_rows: bool = dataclasses.field(
+        default=False, metadata={"help": "Skip and count malformed rows instead of stopping."}
+    )
 
     def __post_init__(self) -> None:
         if self.category is not None and not _CATEGORY.fullmatch(self.category):
@@ -100,19 +110,14 @@ class AmazonOptions:
             isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1000 for r in self.negative_ratios
         ):
             raise ValueError(f"negative_ratios must be integers in [1, 1000], got {self.negative_ratios!r}")
-        if self.split not in ("global", "per_user"):
-            raise ValueError(f"split must be global or per_user, got {self.split!r}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
-        check_int(self.cut_timestamp, "cut_timestamp")
+        check_split_options(self, ("global", "per_user"))
         check_int(self.seed, "seed")
-        for name in ("min_train", "min_test", "history_length"):
-            if check_int(getattr(self, name), name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def raw_files(data_dir: Path, category: str | None) -> tuple[Path, Path | None]:
-    """The reviews file and the meta file (None when absent) of ``category``."""
+    """The reviews file and the meta file (None when absent) of ``category``.
+    Raises ``FileNotFoundError`` when the reviews file is missing or, without
+    a category, when the folder holds none or several."""
     if category is None:
         found = sorted({m.group(1) for p in data_dir.glob("reviews_*_5.json*") if (m := _REVIEWS.fullmatch(p.name))})
         if len(found) != 1:
@@ -160,7 +165,8 @@ def draw_negatives(
     """``counts[k]`` items in ``1 .. num_items`` for each row ``k``, uniform with
     replacement over the items ``(owner[k], item)`` is not in ``forbidden``
     (keys ``owner * (num_items + 1) + item``, sorted). Rejection sampling;
-    every owner must have at least one allowed item."""
+    every owner must have at least one allowed item. Returns int32
+    ``[counts.sum()]``, row 0's items first."""
     rows = np.repeat(np.arange(len(owner)), counts)
     stride = num_items + 1
     items = rng.integers(1, num_items + 1, len(rows))
@@ -180,6 +186,15 @@ def draw_negatives(
 
 
 def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> CTRDataset:
+    """Parse the raw files in ``data_dir`` into a :class:`CTRDataset`
+    (rules: module docstring, docs/data.md "Amazon").
+
+    Each review is a click followed by its negatives at the same second;
+    ids are int32, labels int8, timestamps int64 seconds. Raises
+    ``FileNotFoundError`` when the reviews file is missing or ambiguous,
+    :class:`RawDataError` for bad rows, no reviews, fewer than 2 items, a
+    user who reviewed every item (per-user ratios), or no user kept.
+    """
     options = options or AmazonOptions()
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -191,97 +206,18 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
     item_names = sorted({r[1] for r in reviews})
     if len(item_names) < 2:
         raise RawDataError(f"{reviews_path}: {len(item_names)} item reviewed; negatives need at least 2 items")
-    item_index = {name: i + 1 for i, name in enumerate(item_names)}
-    num_items = len(item_names)
-    if meta_path is not None:
-        category_of = {a: c for a, c in reader.rows(meta_path, _meta) if a in item_index}
-        category_names = sorted(set(category_of.values()) | {"(unknown)"})
-        category_index = {c: i + 1 for i, c in enumerate(category_names)}
-        item_category = np.zeros(num_items + 1, np.int32)
-        for name, i in item_index.items():
-            item_category[i] = category_index[category_of.get(name, "(unknown)")]
-        num_categories = len(category_names) + 1
-        without_meta = int(sum(n not in category_of for n in item_names))
-    else:
-        log.warning("amazon: no meta_<Category>.json[.gz] in %s: every item is its own category", data_dir)
-        item_category = np.arange(num_items + 1, dtype=np.int32)
-        num_categories = num_items + 1
-        without_meta = num_items
-
-    user_names = sorted({r[0] for r in reviews})
-    user_index = {name: i for i, name in enumerate(user_names)}
-    users = np.array([user_index[r[0]] for r in reviews], np.int64)
-    items = np.array([item_index[r[1]] for r in reviews], np.int64)
-    times = np.array([r[2] for r in reviews], np.int64)
-
-    # Each review is one positive followed by its negatives (same user and time).
-    rng = np.random.default_rng(options.seed)
-    if options.negatives == "per_user_ratio":
-        ratios = np.asarray(options.negative_ratios, np.int64)
-        user_ratio = ratios[rng.integers(0, len(ratios), len(user_names))]
-        owner = users  # never an item the user reviewed
-    else:
-        user_ratio = np.ones(len(user_names), np.int64)
-        owner = np.arange(len(items))  # DIN: never the review's own item
-    forbidden = np.unique(owner * (num_items + 1) + items)
-    if options.negatives == "per_user_ratio":
-        full = np.flatnonzero(np.bincount(forbidden // (num_items + 1), minlength=len(user_names)) >= num_items)
-        if len(full):
-            raise RawDataError(f"{reviews_path}: user {user_names[full[0]]!r} reviewed all {num_items} items; "
-                               "no negatives can be drawn (negatives=one_per_review allows it)")
-    counts = user_ratio[users]
-    negatives = draw_negatives(rng, owner, forbidden, num_items, counts)
-    review = np.r_[np.arange(len(items)), np.repeat(np.arange(len(items)), counts)]
-    all_items = np.r_[items, negatives].astype(np.int32)
-    labels = np.r_[np.ones(len(items), np.int8), np.zeros(len(negatives), np.int8)]
-    order = np.lexsort((1 - labels, review, times[review], users[review]))
-    review, all_items, labels = review[order], all_items[order], labels[order]
-    all_users, all_times = users[review], times[review]
-
-    def split_of(offsets, timestamps):
-        if options.split == "global":
-            return global_split(offsets, timestamps, options.cut_timestamp)
-        return per_user_split(offsets, options.test_fraction, timestamps)
-
-    _, counts = np.unique(all_users, return_counts=True)
-    offsets = np.r_[0, np.cumsum(counts)]
-    # Count reviews (positives), not samples, so whether a user is kept never depends on their ratio r.
-    clicks = np.r_[0, np.cumsum(labels, dtype=np.int64)]
-    split = split_of(offsets, all_times)
-    train_reviews, test_reviews = clicks[split] - clicks[offsets[:-1]], clicks[offsets[1:]] - clicks[split]
-    keep_user = (train_reviews >= options.min_train) & (test_reviews >= options.min_test)
-    keep = np.repeat(keep_user, counts)
-    all_users, all_items, all_times, labels = all_users[keep], all_items[keep], all_times[keep], labels[keep]
-    if len(labels) == 0:
-        raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test reviews")
-    _, user_ids, counts = np.unique(all_users, return_inverse=True, return_counts=True)
-    offsets = np.r_[0, np.cumsum(counts)]
-    split = split_of(offsets, all_times)
-
+    item_category, num_categories, without_meta = _item_categories(meta_path, reader, item_names, data_dir)
+    samples = _with_negatives(reviews, item_names, options, reviews_path)
+    users, items, times, labels = _kept_reviewers(*samples, options)
+    offsets = user_offsets(users)
+    split = split_samples(offsets, times, options.split, options.cut_timestamp, options.test_fraction)
     hist = options.history_length
-    positives = labels == 1
-    features = {
-        "user_id": (user_ids + 1).astype(np.int32),
-        "item_id": all_items,
-        "category": item_category[all_items],
-        "pos_hist": previous_items(offsets, all_times, all_items, positives, hist),
-        "pos_hist_cat": previous_items(offsets, all_times, item_category[all_items], positives, hist),
-    }
-    spec = FeatureSpec(
-        (
-            SparseFeature("user_id", len(offsets)),
-            SparseFeature("item_id", num_items + 1),
-            SparseFeature("category", num_categories),
-            SequenceFeature("pos_hist", num_items + 1, hist, embedding="item_id", query="item_id"),
-            SequenceFeature("pos_hist_cat", num_categories, hist, embedding="category", query="category"),
-        )
-    )
     dataset = CTRDataset(
         name="amazon",
-        spec=spec,
-        features=features,
+        spec=_spec(len(offsets) - 1, len(item_names), num_categories, hist),
+        features=_features(offsets, times, items, item_category, labels, hist),
         labels=labels,
-        timestamps=all_times,
+        timestamps=times,
         offsets=offsets,
         split=split,
         info={
@@ -307,6 +243,96 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
                     dataset.global_ctr)
     log.info("amazon: %s; the paper's: %s", dataset.summary(), PAPER_AMAZON)
     return dataset
+
+
+def _item_categories(
+    meta_path: Path | None, reader: RowReader, item_names: list[str], data_dir: Path
+) -> tuple[np.ndarray, int, int]:
+    """Category id of every item (int32 ``[num_items + 1]``, row 0 padding),
+    the category vocabulary size (padding included) and the items without meta."""
+    num_items = len(item_names)
+    if meta_path is None:
+        log.warning("amazon: no meta_<Category>.json[.gz] in %s: every item is its own category", data_dir)
+        return np.arange(num_items + 1, dtype=np.int32), num_items + 1, num_items
+    reviewed = set(item_names)
+    category_of = {a: c for a, c in reader.rows(meta_path, _meta) if a in reviewed}
+    ids, num_names, without_meta = category_ids(category_of, item_names)
+    return np.r_[np.zeros(1, np.int32), ids], num_names + 1, without_meta
+
+
+def _with_negatives(
+    reviews: list[tuple[str, str, int]], item_names: list[str], options: AmazonOptions, reviews_path: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """User numbers (int64, in name order), items (int32, 1-based), times
+    (int64) and labels (int8) of every review (a click) and its drawn
+    negatives, sorted by (user, time, review), each review before its negatives."""
+    user_names = sorted({r[0] for r in reviews})
+    user_number = {name: i for i, name in enumerate(user_names)}
+    item_number = {name: i + 1 for i, name in enumerate(item_names)}
+    users = np.array([user_number[r[0]] for r in reviews], np.int64)
+    items = np.array([item_number[r[1]] for r in reviews], np.int64)
+    times = np.array([r[2] for r in reviews], np.int64)
+    num_items = len(item_names)
+    rng = np.random.default_rng(options.seed)
+    if options.negatives == "per_user_ratio":
+        ratios = np.asarray(options.negative_ratios, np.int64)
+        user_ratio = ratios[rng.integers(0, len(ratios), len(user_names))]
+        owner = users  # never an item the user reviewed
+    else:
+        user_ratio = np.ones(len(user_names), np.int64)
+        owner = np.arange(len(items))  # DIN: never the review's own item
+    forbidden = np.unique(owner * (num_items + 1) + items)
+    if options.negatives == "per_user_ratio":
+        full = np.flatnonzero(np.bincount(forbidden // (num_items + 1), minlength=len(user_names)) >= num_items)
+        if len(full):
+            raise RawDataError(f"{reviews_path}: user {user_names[full[0]]!r} reviewed all {num_items} items; "
+                               "no negatives can be drawn (negatives=one_per_review allows it)")
+    counts = user_ratio[users]
+    negatives = draw_negatives(rng, owner, forbidden, num_items, counts)
+    review = np.r_[np.arange(len(items)), np.repeat(np.arange(len(items)), counts)]
+    all_items = np.r_[items, negatives].astype(np.int32)
+    labels = np.r_[np.ones(len(items), np.int8), np.zeros(len(negatives), np.int8)]
+    order = np.lexsort((1 - labels, review, times[review], users[review]))
+    review, all_items, labels = review[order], all_items[order], labels[order]
+    return users[review], all_items, times[review], labels
+
+
+def _kept_reviewers(
+    users: np.ndarray, items: np.ndarray, times: np.ndarray, labels: np.ndarray, options: AmazonOptions
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The samples of users with ``min_train`` train and ``min_test`` test reviews."""
+    offsets = user_offsets(users)
+    split = split_samples(offsets, times, options.split, options.cut_timestamp, options.test_fraction)
+    # Count reviews (clicks), not samples, so whether a user is kept never depends on their ratio r.
+    keep_user = users_with_enough_samples(offsets, split, options.min_train, options.min_test, counted=labels)
+    keep = keep_user[user_index(offsets)]
+    if not keep.any():
+        raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test reviews")
+    return users[keep], items[keep], times[keep], labels[keep]
+
+
+def _features(
+    offsets: np.ndarray, times: np.ndarray, items: np.ndarray, item_category: np.ndarray, labels: np.ndarray, hist: int
+) -> dict[str, np.ndarray]:
+    """``user_id``, ``item_id``, ``category`` (int32 ``[n]``) and ``pos_hist`` /
+    ``pos_hist_cat`` (int32 ``[n, hist]``): items / categories reviewed strictly earlier."""
+    clicks = labels == 1
+    categories = item_category[items]
+    return {
+        "user_id": (user_index(offsets) + 1).astype(np.int32),
+        "item_id": items,
+        "category": categories,
+        "pos_hist": previous_items(offsets, times, items, clicks, hist),
+        "pos_hist_cat": previous_items(offsets, times, categories, clicks, hist),
+    }
+
+
+def _spec(num_users: int, num_items: int, num_categories: int, hist: int) -> FeatureSpec:
+    """The spec of :func:`_features`; ``num_categories`` includes padding."""
+    # user_id, item_id, category and pos_hist as in MovieLens; no neg_hist.
+    shared = click_history_spec(num_users, num_items, num_categories - 1, hist)[:4]
+    cat_hist = SequenceFeature("pos_hist_cat", num_categories, hist, embedding="category", query="category")
+    return FeatureSpec(shared + (cat_hist,))
 
 
 def user_negative_ratios(dataset: CTRDataset) -> np.ndarray:

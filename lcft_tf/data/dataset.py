@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 
 from lcft_tf._io import atomic_write
-from lcft_tf.features import FeatureSpec
+from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
 
 DATASET_FORMAT = "lcft-dataset-v1"
 
 
 @dataclasses.dataclass(frozen=True)
 class UserView:
-    """One user's data: train (local) and test samples in time order, and ``w_i``."""
+    """One user's data: train (local) and test samples in time order, and ``w_i``.
+
+    Features map name -> array with one row per sample (shapes per the
+    spec); labels are int8 0/1."""
 
     user: int
     train_features: dict[str, np.ndarray]
@@ -42,7 +45,10 @@ class UserView:
 
 @dataclasses.dataclass
 class CTRDataset:
-    """Samples of many users, sorted by (user, time), with a train/test split."""
+    """Samples of many users, sorted by (user, time), with a train/test split
+    (layout: module docstring). ``features`` arrays have one row per sample;
+    ``timestamps`` are int64 seconds. Raises ``ValueError`` when offsets,
+    split, row counts or columns disagree with each other or the spec."""
 
     name: str
     spec: FeatureSpec
@@ -70,7 +76,8 @@ class CTRDataset:
             raise ValueError(f"dataset columns {sorted(stored)} do not match the spec {sorted(self.spec.names)}")
 
     def take(self, index: np.ndarray | slice) -> dict[str, np.ndarray]:
-        """Feature arrays of the selected samples, lookups materialised."""
+        """Feature arrays of the selected samples (index, slice or bool mask),
+        lookups materialised, in spec order."""
         out = {k: v[index] for k, v in self.features.items()}
         for name, (key, table) in self.lookups.items():
             out[name] = table[out[key]]
@@ -78,17 +85,18 @@ class CTRDataset:
 
     @property
     def num_users(self) -> int:
+        """Number of users (blocks)."""
         return len(self.offsets) - 1
 
     @property
     def num_samples(self) -> int:
+        """Number of samples of all users."""
         return len(self.labels)
 
     @property
     def train_mask(self) -> np.ndarray:
-        index = np.arange(self.num_samples)
-        user = np.repeat(np.arange(self.num_users), np.diff(self.offsets))
-        return index < self.split[user]
+        """bool ``[num_samples]``: the sample lies before its user's split."""
+        return np.arange(self.num_samples) < self.split[user_index(self.offsets)]
 
     @property
     def global_ctr(self) -> float:
@@ -96,6 +104,7 @@ class CTRDataset:
         return float(self.labels[self.train_mask].mean())
 
     def rows(self, mask: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Features (as :meth:`take`) and int8 labels of the samples where ``mask`` holds."""
         return self.take(mask), self.labels[mask]
 
     def train_rows(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -103,9 +112,11 @@ class CTRDataset:
         return self.rows(self.train_mask)
 
     def test_rows(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """All users' test samples: the evaluation data."""
         return self.rows(~self.train_mask)
 
     def user(self, u: int) -> UserView:
+        """User ``u``'s (0-based) samples; raises ``IndexError`` out of range."""
         if not 0 <= u < self.num_users:
             raise IndexError(f"user {u} out of range [0, {self.num_users})")
         a, s, b = int(self.offsets[u]), int(self.split[u]), int(self.offsets[u + 1])
@@ -118,11 +129,11 @@ class CTRDataset:
         )
 
     def local_ctrs(self) -> np.ndarray:
-        """``w_i`` of every user (NaN for users with no train samples)."""
-        clicks = np.r_[0, np.cumsum(self.labels, dtype=np.int64)]
-        counts = self.split - self.offsets[:-1]
+        """``w_i`` of every user, float64 ``[num_users]`` (NaN for users with no train samples)."""
+        clicks, _ = counts_per_side(self.offsets, self.split, self.labels)
+        counts, _ = counts_per_side(self.offsets, self.split)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(counts > 0, (clicks[self.split] - clicks[self.offsets[:-1]]) / counts, np.nan)
+            return np.where(counts > 0, clicks / counts, np.nan)
 
     def subset_users(self, users: np.ndarray) -> "CTRDataset":
         """A dataset with only ``users`` (in the given order)."""
@@ -146,7 +157,8 @@ class CTRDataset:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write every array as ``.npy`` plus ``dataset.json``: loadable
-        memory-mapped by many worker processes at once (no pickle)."""
+        memory-mapped by many worker processes at once (no pickle). Returns
+        the folder; raises ``OSError`` when it cannot be written."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {f"feature.{k}": v for k, v in self.features.items()}
@@ -167,6 +179,9 @@ class CTRDataset:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "CTRDataset":
+        """A dataset written by :meth:`save`, arrays memory-mapped read-only
+        unless ``mmap`` is False. Raises ``FileNotFoundError`` without
+        ``dataset.json``, ``ValueError`` for another format."""
         directory = Path(directory)
         meta_path = directory / "dataset.json"
         if not meta_path.is_file():
@@ -188,6 +203,7 @@ class CTRDataset:
         )
 
     def summary(self) -> dict[str, Any]:
+        """Counts of users and samples, and ``w_g`` (None without train samples), for logs."""
         train = self.train_mask
         return {
             "name": self.name,
@@ -200,7 +216,8 @@ class CTRDataset:
 
 
 def user_index(offsets: np.ndarray) -> np.ndarray:
-    """The user of every sample, from the block offsets."""
+    """The user (0-based, int64 ``[offsets[-1]]``) of every sample, from the
+    block offsets (int ``[num_users + 1]``): the one rule for it."""
     return np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
 
 
@@ -214,8 +231,9 @@ def previous_items(
 ) -> np.ndarray:
     """For every sample, the ``length`` most recent ``items`` of the same user's
     *strictly earlier* samples where ``selected`` holds, most recent first,
-    padded with ``padding_id``. Samples must be sorted by (user, time);
-    samples with the same timestamp never see each other (no leakage)."""
+    padded with ``padding_id``: int32 ``[n, length]``. Samples must be sorted
+    by (user, time); samples with the same timestamp never see each other
+    (no leakage; paper §5.1 histories, docs/data.md)."""
     n = len(items)
     if n == 0:
         return np.zeros((0, length), np.int32)
@@ -240,7 +258,9 @@ def per_user_split(offsets: np.ndarray, test_fraction: float, timestamps: np.nda
     second stay on one side: a cut inside a same-second group moves to the
     group's start (the whole group is test); if that would leave the user no
     train sample it moves to the group's end instead (the group is train);
-    a user whose samples all share one second is all train (docs/data.md)."""
+    a user whose samples all share one second is all train (docs/data.md
+    "Same-second samples"). Returns the absolute split int64 ``[num_users]``;
+    raises ``ValueError`` for ``test_fraction`` outside (0, 1)."""
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     sizes = np.diff(offsets)
@@ -258,8 +278,8 @@ def per_user_split(offsets: np.ndarray, test_fraction: float, timestamps: np.nda
 
 
 def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For every sample, the start and end (exclusive) of its run of samples
-    with the same user and timestamp."""
+    """For every sample, the start and end (exclusive; int64 ``[n]`` each) of
+    its run of samples with the same user and timestamp."""
     n = len(timestamps)
     users = user_index(offsets)
     first = np.ones(n, bool)
@@ -270,12 +290,95 @@ def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.
     return start, end
 
 
-def users_with_enough_samples(offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int) -> np.ndarray:
-    """Per-user mask: at least ``min_train`` train and ``min_test`` test samples."""
-    return ((split - offsets[:-1]) >= min_train) & ((offsets[1:] - split) >= min_test)
+def counts_per_side(
+    offsets: np.ndarray, split: np.ndarray, counted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, the number of train and of test samples, both int64
+    ``[num_users]``; with ``counted`` (0/1 or bool ``[num_samples]``) only
+    the samples where it holds count (e.g. clicks)."""
+    if counted is None:
+        return split - offsets[:-1], offsets[1:] - split
+    before = np.r_[0, np.cumsum(counted, dtype=np.int64)]  # counted among samples [0, k)
+    return before[split] - before[offsets[:-1]], before[offsets[1:]] - before[split]
+
+
+def users_with_enough_samples(
+    offsets: np.ndarray, split: np.ndarray, min_train: int, min_test: int, counted: np.ndarray | None = None
+) -> np.ndarray:
+    """Per-user bool mask ``[num_users]``: at least ``min_train`` train and
+    ``min_test`` test samples (only those where ``counted`` holds, if given;
+    Amazon counts reviews, docs/data.md "Amazon")."""
+    train, test = counts_per_side(offsets, split, counted)
+    return (train >= min_train) & (test >= min_test)
+
+
+def user_offsets(users: np.ndarray) -> np.ndarray:
+    """Block offsets int64 ``[num_users + 1]`` of samples sorted by user key
+    ``users`` (any sortable dtype, ``[num_samples]``); each distinct key is
+    one user, numbered in key order."""
+    _, counts = np.unique(users, return_counts=True)
+    return np.r_[0, np.cumsum(counts)].astype(np.int64)
+
+
+def split_samples(
+    offsets: np.ndarray, timestamps: np.ndarray, mode: str, cut_timestamp: int, test_fraction: float
+) -> np.ndarray:
+    """The loaders' split by name: ``global`` is :func:`global_split` at
+    ``cut_timestamp``, anything else :func:`per_user_split` with
+    ``test_fraction`` keeping same-second samples together (docs/data.md)."""
+    if mode == "global":
+        return global_split(offsets, timestamps, cut_timestamp)
+    return per_user_split(offsets, test_fraction, timestamps)
 
 
 def global_split(offsets: np.ndarray, timestamps: np.ndarray, cut: int) -> np.ndarray:
-    """Samples with ``timestamp <= cut`` are train, later ones test."""
+    """Samples with ``timestamp <= cut`` (seconds) are train, later ones test
+    (paper §5.1's global cut; samples sorted by (user, time)). Returns the
+    absolute split int64 ``[num_users]``."""
     later = np.r_[0, np.cumsum(timestamps > cut, dtype=np.int64)]
     return offsets[1:] - (later[offsets[1:]] - later[offsets[:-1]])
+
+
+def category_ids(category_of: dict[Any, str], keys: list[Any], unknown: str = "(unknown)") -> tuple[np.ndarray, int, int]:
+    """Category id (int32 ``[len(keys)]``, 1-based in sorted name order, 0
+    stays padding) of every key, the number of names (``unknown`` included)
+    and how many keys have no category (they get ``unknown``)."""
+    names = sorted(set(category_of.values()) | {unknown})
+    index = {name: i + 1 for i, name in enumerate(names)}
+    ids = np.array([index[category_of.get(k, unknown)] for k in keys], np.int32).reshape(-1)
+    return ids, len(names), int(sum(k not in category_of for k in keys))
+
+
+def click_history_features(
+    offsets: np.ndarray,
+    timestamps: np.ndarray,
+    items: np.ndarray,
+    categories: np.ndarray,
+    labels: np.ndarray,
+    length: int,
+) -> dict[str, np.ndarray]:
+    """The MovieLens fields (paper §5.1, docs/data.md "MovieLens") of samples
+    sorted by (user, time): ``user_id`` (user number + 1), ``item_id`` and
+    ``category`` (``items`` / ``categories``, int32 ``[n]``), and ``pos_hist``
+    / ``neg_hist`` int32 ``[n, length]``, the user's strictly earlier
+    clicked / skipped items, most recent first, 0-padded."""
+    return {
+        "user_id": (user_index(offsets) + 1).astype(np.int32),
+        "item_id": items,
+        "category": categories,
+        "pos_hist": previous_items(offsets, timestamps, items, labels == 1, length),
+        "neg_hist": previous_items(offsets, timestamps, items, labels == 0, length),
+    }
+
+
+def click_history_spec(num_users: int, num_items: int, num_categories: int, length: int) -> tuple[Any, ...]:
+    """The features of :func:`click_history_features`; ids run ``1 .. num_*``
+    (0 is padding), histories embed and attend with ``item_id``."""
+    items = num_items + 1
+    return (
+        SparseFeature("user_id", num_users + 1),
+        SparseFeature("item_id", items),
+        SparseFeature("category", num_categories + 1),
+        SequenceFeature("pos_hist", items, length, embedding="item_id", query="item_id"),
+        SequenceFeature("neg_hist", items, length, embedding="item_id", query="item_id"),
+    )

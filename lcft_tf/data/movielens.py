@@ -36,17 +36,25 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, global_split, per_user_split, previous_items, users_with_enough_samples
+from lcft_tf.data.dataset import (
+    CTRDataset,
+    category_ids,
+    click_history_features,
+    click_history_spec,
+    split_samples,
+    user_index,
+    user_offsets,
+    users_with_enough_samples,
+)
 from lcft_tf.data.raw import (
     MAX_INT,
     RawDataError,
     RowReader,
     check_header,
-    check_int,
+    check_split_options,
     loadtxt,
     read_header,
     resolve,
@@ -54,7 +62,7 @@ from lcft_tf.data.raw import (
     to_float,
     to_int,
 )
-from lcft_tf.features import DenseFeature, FeatureSpec, SequenceFeature, SparseFeature
+from lcft_tf.features import DenseFeature, FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -87,40 +95,34 @@ MAX_GENOME_TAGS = 10_000  # tag ids bound without genome-tags.csv (ml-20m / ml-2
 
 @dataclasses.dataclass(frozen=True)
 class MovieLensOptions:
-    """How MovieLens raw files become a dataset (rules: docs/data.md).
+    """How MovieLens raw files become a dataset (rules: docs/data.md "MovieLens").
 
-    Fields:
-      split: auto | global | per_user. auto is global with a genome (ml-20m,
-        ml-25m, the paper's setting), per_user otherwise.
-      cut_timestamp: global split: train is timestamp <= cut (default the
-        paper's 1,225,642,324).
-      test_fraction: per_user split: each user's last fraction of ratings is
-        test (same-second ratings stay together).
-      min_train: a user is kept with at least this many train samples.
-      min_test: ... and at least this many test samples.
-      history_length: length of pos_hist / neg_hist.
-      use_genome: add the tag-genome feature when genome-scores.csv is there.
-      skip_bad_rows: skip and count malformed rows instead of stopping.
+    Raises ``ValueError`` on construction for an unknown split, a
+    ``test_fraction`` outside (0, 1), or a non-integer / out-of-range count.
     """
 
-    split: str = "auto"
-    cut_timestamp: int = PAPER_CUT
-    test_fraction: float = 0.2
-    min_train: int = 5
-    min_test: int = 1
-    history_length: int = 20
-    use_genome: bool = True
-    skip_bad_rows: bool = False
+    split: str = dataclasses.field(
+        default="auto",
+        metadata={"help": "auto | global | per_user; auto is global with a genome (the paper's ml-20m), else per_user."},
+    )
+    cut_timestamp: int = dataclasses.field(
+        default=PAPER_CUT, metadata={"help": "Global split: train is timestamp <= cut (seconds; the paper's cut)."}
+    )
+    test_fraction: float = dataclasses.field(
+        default=0.2, metadata={"help": "Per-user split: each user's last fraction of ratings that is test."}
+    )
+    min_train: int = dataclasses.field(default=5, metadata={"help": "Fewest train samples a kept user has."})
+    min_test: int = dataclasses.field(default=1, metadata={"help": "Fewest test samples a kept user has."})
+    history_length: int = dataclasses.field(default=20, metadata={"help": "Length of pos_hist / neg_hist."})
+    use_genome: bool = dataclasses.field(
+        default=True, metadata={"help": "Add the tag-genome feature when genome-scores.csv is there."}
+    )
+    skip_bad_rows: bool = dataclasses.field(
+        default=False, metadata={"help": "Skip and count malformed rows instead of stopping."}
+    )
 
     def __post_init__(self) -> None:
-        if self.split not in ("auto", "global", "per_user"):
-            raise ValueError(f"split must be auto, global or per_user, got {self.split!r}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
-        check_int(self.cut_timestamp, "cut_timestamp")
-        for name in ("min_train", "min_test", "history_length"):
-            if check_int(getattr(self, name), name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_split_options(self, ("auto", "global", "per_user"))
 
 
 def detect_format(data_dir: Path) -> str:
@@ -166,7 +168,9 @@ RATING_DTYPE = [("user", "i8"), ("item", "i8"), ("rating", "f8"), ("timestamp", 
 
 
 def read_ratings(path: Path, fmt: str, reader: RowReader) -> np.ndarray:
-    """Structured array of user, item, rating, timestamp (``RATING_DTYPE``)."""
+    """Structured array of user, item, rating, timestamp (``RATING_DTYPE``;
+    timestamps in seconds). Raises :class:`RawDataError` for a bad header or
+    row (docs/data.md "Bad input") unless the reader skips rows."""
     sep = {"csv": ",", "dat": "::", "100k": "\t"}[fmt]
     header = HEADERS["ratings.csv"] if fmt == "csv" else None
     if header:
@@ -188,7 +192,8 @@ def _valid_ratings(data: np.ndarray) -> np.ndarray:
 
 
 def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
-    """Raw movie id -> its first genre."""
+    """Raw movie id -> its first genre (paper §5.1's category). Raises
+    :class:`RawDataError` for a bad row unless the reader skips rows."""
     if fmt == "csv":
 
         def parse(line):
@@ -215,7 +220,8 @@ def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
 
 
 def read_tag_count(path: Path | None, reader: RowReader) -> int:
-    """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without it."""
+    """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without
+    it (docs/data.md "Genome tag ids"). Raises :class:`RawDataError` for a bad row."""
     if path is None:
         return MAX_GENOME_TAGS
 
@@ -226,7 +232,9 @@ def read_tag_count(path: Path | None, reader: RowReader) -> int:
 
 
 def read_genome(path: Path, reader: RowReader, max_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Movie ids, tag ids (1 .. ``max_tag``), relevances of ``genome-scores.csv``."""
+    """Movie ids (int64), tag ids (int64, 1 .. ``max_tag``) and relevances
+    (float32) of ``genome-scores.csv``, each ``[rows]``. Raises
+    :class:`RawDataError` for a bad header or row unless the reader skips rows."""
     header = HEADERS["genome-scores.csv"]
     check_header(path, read_header(path), header, ",")
     dtype = [("movie", "i8"), ("tag", "i8"), ("relevance", "f8")]
@@ -247,76 +255,35 @@ def read_genome(path: Path, reader: RowReader, max_tag: int) -> tuple[np.ndarray
 
 # -- building ------------------------------------------------------------------
 def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = None) -> CTRDataset:
-    """Parse the raw files in ``data_dir`` into a :class:`CTRDataset`."""
+    """Parse the raw files in ``data_dir`` into a :class:`CTRDataset`
+    (rules: module docstring, paper §5.1, docs/data.md "MovieLens").
+
+    Ids are int32, labels int8 (rating >= 4), timestamps int64 seconds; the
+    genome (float32, one row per movie) is a lookup. Raises
+    ``FileNotFoundError`` when the folder or its files are missing,
+    :class:`RawDataError` for bad rows, no ratings, or no user kept.
+    """
     options = options or MovieLensOptions()
     started = time.perf_counter()
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"movielens: {data_dir} is not a folder — put the raw files there ({WHERE})")
-    fmt = detect_format(data_dir)
-    reader = RowReader(options.skip_bad_rows)
-    ratings_path, movies_path = (resolve(data_dir, n) for n in FILES[fmt])
-    ratings = read_ratings(ratings_path, fmt, reader)
-    if len(ratings) == 0:
-        raise RawDataError(f"{ratings_path}: no ratings")
-    genres = read_genres(movies_path, fmt, reader)
+    fmt, reader, ratings, genres = _read_raw(data_dir, options)
     genome_path = resolve(data_dir, "genome-scores.csv")
     has_genome = fmt == "csv" and options.use_genome and genome_path is not None
-
-    users_raw = ratings["user"]
-    items_raw = ratings["item"]
-    timestamps = ratings["timestamp"]
-    labels = (ratings["rating"] >= 4.0).astype(np.int8)
-    order = np.lexsort((items_raw, timestamps, users_raw))
-    users_raw, items_raw, timestamps, labels = users_raw[order], items_raw[order], timestamps[order], labels[order]
-
     split_mode = options.split if options.split != "auto" else ("global" if has_genome else "per_user")
-    kept = _keep_users(users_raw, timestamps, split_mode, options)
-    users_raw, items_raw, timestamps, labels = users_raw[kept], items_raw[kept], timestamps[kept], labels[kept]
-    if len(labels) == 0:
-        raise RawDataError(
-            f"movielens: no user has >= {options.min_train} train and >= {options.min_test} test samples "
-            f"with split {split_mode!r}"
-        )
-    _, user_ids = np.unique(users_raw, return_inverse=True)
-    offsets = np.r_[0, np.cumsum(np.bincount(user_ids))]
-    split = _split(offsets, timestamps, split_mode, options)
-
+    users_raw, items_raw, timestamps, labels = _kept_samples(ratings, split_mode, options)
+    offsets = user_offsets(users_raw)
+    split = split_samples(offsets, timestamps, split_mode, options.cut_timestamp, options.test_fraction)
     movie_ids, items = np.unique(items_raw, return_inverse=True)
     items = (items + 1).astype(np.int32)
-    genre_names = sorted(set(genres.values()) | {"(unknown)"})
-    genre_index = {g: i + 1 for i, g in enumerate(genre_names)}
-    movie_genre = np.array([genre_index[genres.get(int(m), "(unknown)")] for m in movie_ids], np.int32)
-    missing_genre = int(sum(int(m) not in genres for m in movie_ids))
-
-    features = {
-        "user_id": (user_ids + 1).astype(np.int32),
-        "item_id": items,
-        "category": movie_genre[items - 1],
-        "pos_hist": previous_items(offsets, timestamps, items, labels == 1, options.history_length),
-        "neg_hist": previous_items(offsets, timestamps, items, labels == 0, options.history_length),
-    }
-    spec_features: list[Any] = [
-        SparseFeature("user_id", len(offsets)),
-        SparseFeature("item_id", len(movie_ids) + 1),
-        SparseFeature("category", len(genre_names) + 1),
-        SequenceFeature("pos_hist", len(movie_ids) + 1, options.history_length, embedding="item_id", query="item_id"),
-        SequenceFeature("neg_hist", len(movie_ids) + 1, options.history_length, embedding="item_id", query="item_id"),
-    ]
-    lookups = {}
-    genome_info = None
+    movie_genre, num_genres, missing_genre = category_ids(genres, [int(m) for m in movie_ids])
+    features = click_history_features(offsets, timestamps, items, movie_genre[items - 1], labels, options.history_length)
+    spec_features = list(click_history_spec(len(offsets) - 1, len(movie_ids), num_genres, options.history_length))
+    lookups, genome_info = {}, None
     if has_genome:
         max_tag = read_tag_count(resolve(data_dir, "genome-tags.csv"), reader)
-        g_movies, g_tags, g_relevance = read_genome(genome_path, reader, max_tag)
-        num_tags = int(g_tags.max()) if len(g_tags) else 0
-        table = np.zeros((len(movie_ids) + 1, num_tags), np.float32)
-        pos = np.searchsorted(movie_ids, g_movies)
-        known = (pos < len(movie_ids)) & (movie_ids[np.minimum(pos, len(movie_ids) - 1)] == g_movies) & (g_tags >= 1)
-        table[pos[known] + 1, g_tags[known] - 1] = g_relevance[known]
-        spec_features.append(DenseFeature("genome", num_tags))
+        table, genome_info = _genome_table(read_genome(genome_path, reader, max_tag), movie_ids)
+        spec_features.append(DenseFeature("genome", table.shape[1]))
         lookups["genome"] = ("item_id", table)
-        genome_info = {"tags": num_tags, "movies_with_genome": int(len(np.unique(g_movies[known])))}
-
     dataset = CTRDataset(
         name="movielens",
         spec=FeatureSpec(tuple(spec_features)),
@@ -344,15 +311,44 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
     return dataset
 
 
-def _split(offsets: np.ndarray, timestamps: np.ndarray, mode: str, options: MovieLensOptions) -> np.ndarray:
-    if mode == "global":
-        return global_split(offsets, timestamps, options.cut_timestamp)
-    return per_user_split(offsets, options.test_fraction, timestamps)
+def _read_raw(data_dir: Path, options: MovieLensOptions) -> tuple[str, RowReader, np.ndarray, dict[int, str]]:
+    """The format, the reader (its skipped-row counts), the ratings and the genres."""
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"movielens: {data_dir} is not a folder — put the raw files there ({WHERE})")
+    fmt = detect_format(data_dir)
+    reader = RowReader(options.skip_bad_rows)
+    ratings_path, movies_path = (resolve(data_dir, n) for n in FILES[fmt])
+    ratings = read_ratings(ratings_path, fmt, reader)
+    if len(ratings) == 0:
+        raise RawDataError(f"{ratings_path}: no ratings")
+    return fmt, reader, ratings, read_genres(movies_path, fmt, reader)
 
 
-def _keep_users(users: np.ndarray, timestamps: np.ndarray, mode: str, options: MovieLensOptions) -> np.ndarray:
-    """Sample mask of users with enough train and test samples."""
-    _, user_ids = np.unique(users, return_inverse=True)
-    offsets = np.r_[0, np.cumsum(np.bincount(user_ids))]
-    split = _split(offsets, timestamps, mode, options)
-    return users_with_enough_samples(offsets, split, options.min_train, options.min_test)[user_ids]
+def _kept_samples(ratings: np.ndarray, split_mode: str, options: MovieLensOptions) -> tuple[np.ndarray, ...]:
+    """Raw user ids, raw movie ids, timestamps and click labels (int8), sorted
+    by (user, time, movie), of the users with enough train and test samples."""
+    users_raw, items_raw, timestamps = ratings["user"], ratings["item"], ratings["timestamp"]
+    labels = (ratings["rating"] >= 4.0).astype(np.int8)  # a rating >= 4 is a click (paper §5.1)
+    order = np.lexsort((items_raw, timestamps, users_raw))
+    users_raw, items_raw, timestamps, labels = users_raw[order], items_raw[order], timestamps[order], labels[order]
+    offsets = user_offsets(users_raw)
+    split = split_samples(offsets, timestamps, split_mode, options.cut_timestamp, options.test_fraction)
+    kept = users_with_enough_samples(offsets, split, options.min_train, options.min_test)[user_index(offsets)]
+    if not kept.any():
+        raise RawDataError(
+            f"movielens: no user has >= {options.min_train} train and >= {options.min_test} test samples "
+            f"with split {split_mode!r}"
+        )
+    return users_raw[kept], items_raw[kept], timestamps[kept], labels[kept]
+
+
+def _genome_table(genome: tuple[np.ndarray, np.ndarray, np.ndarray], movie_ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """float32 ``[num_movies + 1, num_tags]`` relevances (row 0 and movies
+    without a genome are zeros) of ``read_genome``'s rows, and its info."""
+    g_movies, g_tags, g_relevance = genome
+    num_tags = int(g_tags.max()) if len(g_tags) else 0
+    table = np.zeros((len(movie_ids) + 1, num_tags), np.float32)
+    pos = np.searchsorted(movie_ids, g_movies)
+    known = (pos < len(movie_ids)) & (movie_ids[np.minimum(pos, len(movie_ids) - 1)] == g_movies) & (g_tags >= 1)
+    table[pos[known] + 1, g_tags[known] - 1] = g_relevance[known]
+    return table, {"tags": num_tags, "movies_with_genome": int(len(np.unique(g_movies[known])))}

@@ -65,6 +65,9 @@ class RowReader:
         header: tuple[str, ...] | None = None,
         sep: str = ",",
     ) -> Iterator[Any]:
+        """``parse(line)`` of every non-blank line after the checked header
+        (``sep``-separated), decoded with ``encoding``. Raises
+        :class:`RawDataError` for a bad header, or a bad row unless skipping."""
         with open_binary(path) as f:
             for number, raw in enumerate(f, start=1):
                 if number == 1 and header is not None:
@@ -81,12 +84,14 @@ class RowReader:
                 yield value
 
     def bad_row(self, path: Path, number: int, message: str) -> None:
+        """Count the bad row, or raise :class:`RawDataError` ``path:number: message``."""
         if not self.skip_bad_rows:
             raise RawDataError(f"{path}:{number}: {message} (pass --skip_bad_rows to skip and count such rows)")
         self.skipped[path.name] = self.skipped.get(path.name, 0) + 1
 
 
 def describe(err: BaseException) -> str:
+    """A one-line reason for a row error (invalid bytes and deep nesting named)."""
     if isinstance(err, RecursionError):
         return "nested too deeply to parse"
     if isinstance(err, UnicodeDecodeError):
@@ -103,11 +108,13 @@ def check_header(path: Path, raw: bytes, expected: tuple[str, ...], sep: str, en
 
 
 def read_header(path: Path) -> bytes:
+    """The first line's raw bytes (gunzipped), for :func:`check_header`."""
     with open_binary(path) as f:
         return f.readline()
 
 
 def split_exact(line: str, sep: str, count: int) -> list[str]:
+    """``line`` split on ``sep``; raises ``ValueError`` unless there are ``count`` columns."""
     parts = line.split(sep)
     if len(parts) != count:
         raise ValueError(f"expected {count} columns separated by {sep!r}, got {len(parts)}")
@@ -180,5 +187,21 @@ def fingerprint(files: Iterable[Path], options: dict[str, Any], loader_version: 
 
 
 def cache_dir_for(root: str | os.PathLike, dataset: str, print_: dict[str, Any]) -> Path:
+    """``root/dataset/<16 hex of sha256 of the fingerprint>`` (docs/data.md)."""
     digest = hashlib.sha256(json.dumps(print_, sort_keys=True).encode()).hexdigest()[:16]
     return Path(root) / dataset / digest
+
+
+def check_split_options(options: Any, splits: tuple[str, ...]) -> None:
+    """The option rules the loaders share (docs/data.md): ``split`` one of
+    ``splits``, ``test_fraction`` in (0, 1), ``cut_timestamp`` an integer in
+    ``[0, MAX_INT]``, ``min_train`` / ``min_test`` / ``history_length``
+    integers >= 1. Raises ``ValueError`` naming the first bad field."""
+    if options.split not in splits:
+        raise ValueError(f"split must be {', '.join(splits[:-1])} or {splits[-1]}, got {options.split!r}")
+    if not 0.0 < options.test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {options.test_fraction!r}")
+    check_int(options.cut_timestamp, "cut_timestamp")
+    for name in ("min_train", "min_test", "history_length"):
+        if check_int(getattr(options, name), name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(options, name)}")

@@ -52,33 +52,73 @@ import time
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, per_user_split, previous_items, user_index
-from lcft_tf.features import DenseFeature, FeatureSpec, SequenceFeature, SparseFeature
+from lcft_tf.data.dataset import (
+    CTRDataset,
+    click_history_features,
+    click_history_spec,
+    per_user_split,
+    user_index,
+)
+from lcft_tf.features import DenseFeature, FeatureSpec
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
-    num_users: int = 500
-    num_items: int = 300
-    num_categories: int = 20
-    mean_samples_per_user: float = 200.0
-    min_samples_per_user: int = 20
-    global_ctr: float = 0.5
-    ctr_spread: float = 1.0
-    taste_weight: float = 1.5
-    popularity_spread: float = 0.5
-    latent_dim: int = 8
-    dense_dim: int = 16
-    history_length: int = 10
-    test_fraction: float = 0.2
-    few_sample_share: float = 0.0
-    few_sample_range: tuple[int, int] = (5, 20)
-    taste_clusters: int = 0
-    taste_noise: float = 0.3
-    exposure_taste: float = 0.0
-    seed: int = 0
+    """Parameters of the generative process in the module docstring.
+
+    Raises ``ValueError`` on construction when a count is < 1, a rate or
+    share leaves its range, or ``few_sample_range`` is not ``2 <= lo <= hi``.
+    """
+
+    num_users: int = dataclasses.field(default=500, metadata={"help": "Number of users (ids 1..num_users)."})
+    num_items: int = dataclasses.field(
+        default=300, metadata={"help": "Number of items (ids 1..num_items; 0 is padding)."}
+    )
+    num_categories: int = dataclasses.field(
+        default=20, metadata={"help": "Number of item categories, with Zipf-like shares."}
+    )
+    mean_samples_per_user: float = dataclasses.field(
+        default=200.0, metadata={"help": "Mean impressions per user (log-normal)."}
+    )
+    min_samples_per_user: int = dataclasses.field(
+        default=20, metadata={"help": "Fewest impressions a user gets (at least 2: one train, one test)."}
+    )
+    global_ctr: float = dataclasses.field(
+        default=0.5, metadata={"help": "Expected overall click rate w_g, in (0, 1)."}
+    )
+    ctr_spread: float = dataclasses.field(
+        default=1.0, metadata={"help": "Std of the per-user click propensity: how far local CTRs w_i drift from w_g."}
+    )
+    taste_weight: float = dataclasses.field(
+        default=1.5, metadata={"help": "Weight of user-item taste affinity in the click logit."}
+    )
+    popularity_spread: float = dataclasses.field(
+        default=0.5, metadata={"help": "Std of item popularity (logit bias, also exposure weight)."}
+    )
+    latent_dim: int = dataclasses.field(default=8, metadata={"help": "Dimension of user tastes and item vectors."})
+    dense_dim: int = dataclasses.field(default=16, metadata={"help": "Dimension of each item's genome vector."})
+    history_length: int = dataclasses.field(default=10, metadata={"help": "Length of pos_hist / neg_hist."})
+    test_fraction: float = dataclasses.field(
+        default=0.2, metadata={"help": "Each user's last fraction of impressions that is test."}
+    )
+    few_sample_share: float = dataclasses.field(
+        default=0.0, metadata={"help": "Share of users with few impressions, the users CoDA targets (docs/coda.md)."}
+    )
+    few_sample_range: tuple[int, int] = dataclasses.field(
+        default=(5, 20), metadata={"help": "Inclusive range of a few-sample user's impressions."}
+    )
+    taste_clusters: int = dataclasses.field(
+        default=0, metadata={"help": "Number of taste clusters of similar users; 0 draws independent tastes."}
+    )
+    taste_noise: float = dataclasses.field(
+        default=0.3, metadata={"help": "Share s of a clustered taste that is the user's own, in [0, 1]."}
+    )
+    exposure_taste: float = dataclasses.field(
+        default=0.0, metadata={"help": "How strongly users are shown items they like; 0 is popularity only."}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of every draw."})
 
     def __post_init__(self) -> None:
         for name in ("num_users", "num_items", "num_categories", "latent_dim", "dense_dim", "history_length"):
@@ -106,17 +146,10 @@ class SyntheticConfig:
 
 
 def synthetic_spec(config: SyntheticConfig) -> FeatureSpec:
-    items = config.num_items + 1
-    return FeatureSpec(
-        (
-            SparseFeature("user_id", config.num_users + 1),
-            SparseFeature("item_id", items),
-            SparseFeature("category", config.num_categories + 1),
-            SequenceFeature("pos_hist", items, config.history_length, embedding="item_id", query="item_id"),
-            SequenceFeature("neg_hist", items, config.history_length, embedding="item_id", query="item_id"),
-            DenseFeature("genome", config.dense_dim),
-        )
-    )
+    """The MovieLens fields (:func:`~lcft_tf.data.dataset.click_history_spec`)
+    sized by ``config``, plus ``genome``: float32 ``[dense_dim]`` per item."""
+    fields = click_history_spec(config.num_users, config.num_items, config.num_categories, config.history_length)
+    return FeatureSpec(fields + (DenseFeature("genome", config.dense_dim),))
 
 
 def _solve_offset(scores: np.ndarray, target: float) -> float:
@@ -133,13 +166,42 @@ def _solve_offset(scores: np.ndarray, target: float) -> float:
 
 
 def generate(config: SyntheticConfig | None = None) -> CTRDataset:
-    """Generate the dataset described in the module docstring."""
+    """Generate the dataset described in the module docstring (default config
+    when None): ids int32, labels int8 0/1, timestamps int64 seconds, the
+    genome a per-item lookup. Deterministic in ``config.seed``."""
     c = config or SyntheticConfig()
     start = time.perf_counter()
     rng = np.random.default_rng(c.seed)
-    d = c.latent_dim
+    # Draw order is part of the output: items, users, impressions, clicks, times.
+    categories, item_vectors, popularity, genome = _draw_items(c, rng)
+    tastes, propensity, sizes, extra_info = _draw_users(c, rng)
+    offsets = np.r_[0, np.cumsum(sizes)]
+    users = user_index(offsets)
+    items = _draw_impressions(c, rng, offsets, popularity, item_vectors, tastes)
+    affinity = np.einsum("nd,nd->n", tastes[users], item_vectors[items]) * np.sqrt(c.latent_dim)
+    scores = propensity[users] + c.taste_weight * affinity + popularity[items]
+    mu = _solve_offset(scores, c.global_ctr)
+    labels = (rng.random(len(items)) < 1 / (1 + np.exp(-(mu + scores)))).astype(np.int8)
+    timestamps = _draw_timestamps(c, rng, offsets, users)
+    dataset = CTRDataset(
+        name="synthetic",
+        spec=synthetic_spec(c),
+        features=click_history_features(offsets, timestamps, items, categories[items], labels, c.history_length),
+        labels=labels,
+        timestamps=timestamps.astype(np.int64),
+        offsets=offsets,
+        split=per_user_split(offsets, c.test_fraction),
+        info={"config": dataclasses.asdict(c), "click_offset": mu, **extra_info},
+        lookups={"genome": ("item_id", genome)},
+    )
+    log.info("generated %d samples of %d users in %.1f s", len(items), c.num_users, time.perf_counter() - start)
+    return dataset
 
-    # Items (row 0 is padding and never sampled).
+
+def _draw_items(c: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Step 1: per item (row 0 is padding, never sampled) its category, latent
+    vector, popularity and float32 genome."""
+    d = c.latent_dim
     shares = 1.0 / np.arange(1, c.num_categories + 1)
     categories = np.r_[0, rng.choice(c.num_categories, c.num_items, p=shares / shares.sum()) + 1].astype(np.int32)
     category_vectors = rng.normal(0, 1 / np.sqrt(d), (c.num_categories + 1, d))
@@ -149,20 +211,17 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
     genome = 1 / (1 + np.exp(-(item_vectors @ mixing + rng.normal(0, 0.3, (c.num_items + 1, c.dense_dim)))))
     genome = genome.astype(np.float32)
     genome[0] = 0
+    return categories, item_vectors, popularity, genome
 
-    # Users.
-    tastes = rng.normal(0, 1 / np.sqrt(d), (c.num_users, d))
+
+def _draw_users(c: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Step 2: per user taste, click propensity and number of impressions,
+    and the info entries of taste clusters (if any)."""
+    tastes = rng.normal(0, 1 / np.sqrt(c.latent_dim), (c.num_users, c.latent_dim))
+    extra_info = {}
     if c.taste_clusters:
-        # Own stream: 0 clusters (the default) draws nothing. Same taste
-        # variance as an independent draw, so taste_weight keeps its scale.
-        cluster_rng = np.random.default_rng([c.seed, 2])
-        prototypes = cluster_rng.normal(0, 1 / np.sqrt(d), (c.taste_clusters, d))
-        member = cluster_rng.integers(0, c.taste_clusters, c.num_users)
-        own = cluster_rng.normal(0, 1 / np.sqrt(d), (c.num_users, d))
-        tastes = np.sqrt(1 - c.taste_noise**2) * prototypes[member] + c.taste_noise * own
+        tastes, member = _clustered_tastes(c)
         extra_info = {"taste_cluster": member + 1}  # 1-based like user ids; for diagnostics only
-    else:
-        extra_info = {}
     propensity = rng.normal(0, c.ctr_spread, c.num_users)
     sigma = 0.6
     sizes = rng.lognormal(np.log(c.mean_samples_per_user) - sigma**2 / 2, sigma, c.num_users)
@@ -171,48 +230,49 @@ def generate(config: SyntheticConfig | None = None) -> CTRDataset:
         few_rng = np.random.default_rng([c.seed, 1])  # own stream: share 0 draws nothing
         few = few_rng.random(c.num_users) < c.few_sample_share
         sizes[few] = few_rng.integers(c.few_sample_range[0], c.few_sample_range[1] + 1, int(few.sum()))
-    offsets = np.r_[0, np.cumsum(sizes)]
-    users = user_index(offsets)
-    n = int(offsets[-1])
+    return tastes, propensity, sizes, extra_info
 
-    # Impressions, clicks, timestamps.
+
+def _clustered_tastes(c: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Tastes around ``taste_clusters`` prototypes, and each user's cluster (0-based)."""
+    # Own stream: 0 clusters (the default) draws nothing. Same taste
+    # variance as an independent draw, so taste_weight keeps its scale.
+    d = c.latent_dim
+    cluster_rng = np.random.default_rng([c.seed, 2])
+    prototypes = cluster_rng.normal(0, 1 / np.sqrt(d), (c.taste_clusters, d))
+    member = cluster_rng.integers(0, c.taste_clusters, c.num_users)
+    own = cluster_rng.normal(0, 1 / np.sqrt(d), (c.num_users, d))
+    return np.sqrt(1 - c.taste_noise**2) * prototypes[member] + c.taste_noise * own, member
+
+
+def _draw_impressions(
+    c: SyntheticConfig,
+    rng: np.random.Generator,
+    offsets: np.ndarray,
+    popularity: np.ndarray,
+    item_vectors: np.ndarray,
+    tastes: np.ndarray,
+) -> np.ndarray:
+    """Step 3: the item (int32, 1-based) of every impression."""
     exposure = np.exp(popularity[1:])
-    items = (rng.choice(c.num_items, n, p=exposure / exposure.sum()) + 1).astype(np.int32)
-    if c.exposure_taste:
-        # Users also see what they like; own stream, and the draw above is
-        # still made, so exposure_taste 0 (the default) changes nothing.
-        exposure_rng = np.random.default_rng([c.seed, 3])
-        for u in range(c.num_users):
-            logit = popularity[1:] + c.exposure_taste * np.sqrt(d) * (item_vectors[1:] @ tastes[u])
-            cdf = np.cumsum(np.exp(logit - logit.max()))
-            draws = exposure_rng.random(sizes[u]) * cdf[-1]
-            items[offsets[u] : offsets[u + 1]] = np.minimum(np.searchsorted(cdf, draws, "right"), c.num_items - 1) + 1
-    affinity = np.einsum("nd,nd->n", tastes[users], item_vectors[items]) * np.sqrt(d)
-    scores = propensity[users] + c.taste_weight * affinity + popularity[items]
-    mu = _solve_offset(scores, c.global_ctr)
-    labels = (rng.random(n) < 1 / (1 + np.exp(-(mu + scores)))).astype(np.int8)
-    gaps = rng.integers(1, 3600 * 24, n)
-    first = np.r_[0, np.cumsum(gaps)]
-    timestamps = (first[1:] - first[offsets[:-1]][users]) + rng.integers(0, 10**7, c.num_users)[users]
+    items = (rng.choice(c.num_items, int(offsets[-1]), p=exposure / exposure.sum()) + 1).astype(np.int32)
+    if not c.exposure_taste:
+        return items
+    # Users also see what they like; own stream, and the draw above is
+    # still made, so exposure_taste 0 (the default) changes nothing.
+    exposure_rng = np.random.default_rng([c.seed, 3])
+    for u in range(c.num_users):
+        logit = popularity[1:] + c.exposure_taste * np.sqrt(c.latent_dim) * (item_vectors[1:] @ tastes[u])
+        cdf = np.cumsum(np.exp(logit - logit.max()))
+        draws = exposure_rng.random(offsets[u + 1] - offsets[u]) * cdf[-1]
+        items[offsets[u] : offsets[u + 1]] = np.minimum(np.searchsorted(cdf, draws, "right"), c.num_items - 1) + 1
+    return items
 
-    hist = c.history_length
-    features = {
-        "user_id": (users + 1).astype(np.int32),
-        "item_id": items,
-        "category": categories[items],
-        "pos_hist": previous_items(offsets, timestamps, items, labels == 1, hist),
-        "neg_hist": previous_items(offsets, timestamps, items, labels == 0, hist),
-    }
-    dataset = CTRDataset(
-        name="synthetic",
-        spec=synthetic_spec(c),
-        features=features,
-        labels=labels,
-        timestamps=timestamps.astype(np.int64),
-        offsets=offsets,
-        split=per_user_split(offsets, c.test_fraction),
-        info={"config": dataclasses.asdict(c), "click_offset": mu, **extra_info},
-        lookups={"genome": ("item_id", genome)},
-    )
-    log.info("generated %d samples of %d users in %.1f s", n, c.num_users, time.perf_counter() - start)
-    return dataset
+
+def _draw_timestamps(
+    c: SyntheticConfig, rng: np.random.Generator, offsets: np.ndarray, users: np.ndarray
+) -> np.ndarray:
+    """Increasing seconds within each user: gaps under a day from a random start."""
+    gaps = rng.integers(1, 3600 * 24, len(users))
+    first = np.r_[0, np.cumsum(gaps)]
+    return (first[1:] - first[offsets[:-1]][users]) + rng.integers(0, 10**7, c.num_users)[users]

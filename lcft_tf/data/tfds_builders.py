@@ -24,13 +24,28 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from lcft_tf.data import amazon, movielens
-from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.data.dataset import CTRDataset, user_index
+
+
+def _features_dict(histories: tuple[str, ...], length: int, genome_dim: int = 0) -> tfds.features.FeaturesDict:
+    """One example's features: int32 ids, int32 ``[length]`` histories, an
+    optional float32 ``[genome_dim]`` genome, and label (int32 0/1),
+    timestamp (int64 seconds) and user (int32, 0-based)."""
+    scalar = lambda dtype: tfds.features.Tensor(shape=(), dtype=dtype)
+    fields = {name: scalar(tf.int32) for name in ("user_id", "item_id", "category")}
+    fields.update({name: tfds.features.Tensor(shape=(length,), dtype=tf.int32) for name in histories})
+    if genome_dim:
+        fields["genome"] = tfds.features.Tensor(shape=(genome_dim,), dtype=tf.float32)
+    fields.update(label=scalar(tf.int32), timestamp=scalar(tf.int64), user=scalar(tf.int32))
+    return tfds.features.FeaturesDict(fields)
 
 
 def _examples(dataset: CTRDataset, train: bool):
+    """``(sample index, example)`` of the train or test samples, in chunks
+    so lookups (the genome) are materialised a few thousand rows at a time."""
     mask = dataset.train_mask if train else ~dataset.train_mask
     index = np.flatnonzero(mask)
-    users = np.repeat(np.arange(dataset.num_users), np.diff(dataset.offsets))
+    users = user_index(dataset.offsets)
     for start in range(0, len(index), 4096):
         chunk = index[start : start + 4096]
         features = dataset.take(chunk)
@@ -42,12 +57,17 @@ def _examples(dataset: CTRDataset, train: bool):
 
 @dataclasses.dataclass
 class MovieLensConfig(tfds.core.BuilderConfig):
+    """A :class:`LcftMovielens` variant: with or without the genome, and the loader's options."""
+
     genome_dim: int = 0  # 0: no genome feature; ml-20m / ml-25m have 1,128 tags
     options: movielens.MovieLensOptions = movielens.MovieLensOptions()  # split, cut, history_length, ...
 
 
 class LcftMovielens(tfds.core.GeneratorBasedBuilder):
-    """MovieLens as CTR samples with click histories (rating >= 4 is a click)."""
+    """MovieLens as CTR samples with click histories (rating >= 4 is a click,
+    paper §5.1; rules docs/data.md). Preparing raises what
+    :func:`~lcft_tf.data.movielens.build_movielens` raises, and ``ValueError``
+    when the files' genome width differs from the config's ``genome_dim``."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -63,19 +83,8 @@ class LcftMovielens(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         c = self.builder_config
-        spec_fields = {
-            "user_id": tfds.features.Tensor(shape=(), dtype=tf.int32),
-            "item_id": tfds.features.Tensor(shape=(), dtype=tf.int32),
-            "category": tfds.features.Tensor(shape=(), dtype=tf.int32),
-            "pos_hist": tfds.features.Tensor(shape=(c.options.history_length,), dtype=tf.int32),
-            "neg_hist": tfds.features.Tensor(shape=(c.options.history_length,), dtype=tf.int32),
-        }
-        if c.genome_dim:
-            spec_fields["genome"] = tfds.features.Tensor(shape=(c.genome_dim,), dtype=tf.float32)
-        spec_fields.update(label=tfds.features.Tensor(shape=(), dtype=tf.int32),
-                           timestamp=tfds.features.Tensor(shape=(), dtype=tf.int64),
-                           user=tfds.features.Tensor(shape=(), dtype=tf.int32))
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(spec_fields), supervised_keys=None)
+        features = _features_dict(("pos_hist", "neg_hist"), c.options.history_length, c.genome_dim)
+        return self.dataset_info_from_configs(features=features, supervised_keys=None)
 
     def _split_generators(self, dl_manager):
         dataset = movielens.build_movielens(dl_manager.manual_dir, self._options())
@@ -91,11 +100,15 @@ class LcftMovielens(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass
 class AmazonConfig(tfds.core.BuilderConfig):
+    """A :class:`LcftAmazon` variant: the loader's options."""
+
     options: amazon.AmazonOptions = amazon.AmazonOptions()  # category, negatives, split, ...
 
 
 class LcftAmazon(tfds.core.GeneratorBasedBuilder):
-    """Amazon reviews as CTR samples: per-user negative ratios (``default``) or DIN's 1:1 (``din``)."""
+    """Amazon reviews as CTR samples: per-user negative ratios (``default``) or
+    DIN's 1:1 (``din``); rules docs/data.md "Amazon". Preparing raises what
+    :func:`~lcft_tf.data.amazon.build_amazon` raises."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -107,16 +120,8 @@ class LcftAmazon(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put {amazon.WHERE} in manual_dir."
 
     def _info(self) -> tfds.core.DatasetInfo:
-        L = self.builder_config.options.history_length
-        fields = {n: tfds.features.Tensor(shape=(), dtype=tf.int32) for n in ("user_id", "item_id", "category")}
-        fields.update(
-            pos_hist=tfds.features.Tensor(shape=(L,), dtype=tf.int32),
-            pos_hist_cat=tfds.features.Tensor(shape=(L,), dtype=tf.int32),
-            label=tfds.features.Tensor(shape=(), dtype=tf.int32),
-            timestamp=tfds.features.Tensor(shape=(), dtype=tf.int64),
-            user=tfds.features.Tensor(shape=(), dtype=tf.int32),
-        )
-        return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(fields), supervised_keys=None)
+        features = _features_dict(("pos_hist", "pos_hist_cat"), self.builder_config.options.history_length)
+        return self.dataset_info_from_configs(features=features, supervised_keys=None)
 
     def _split_generators(self, dl_manager):
         dataset = amazon.build_amazon(dl_manager.manual_dir, self.builder_config.options)
