@@ -17,18 +17,8 @@ import numpy as np
 
 from lcft_tf._io import atomic_write
 from lcft_tf.evaluation.metrics import change_shares, paired_bootstrap, per_user_auc, weighted_user_mean
+from lcft_tf.methods import REFERENCES, label
 
-METHOD_LABELS = {
-    "cloud": "Cloud",
-    "local": "Local",
-    "soft1": "LCFT Soft1",
-    "soft2": "LCFT Soft2",
-    "hard": "LCFT Hard",
-    "coda": "CoDA",
-    "coda_lcft": "CoDA + LCFT",
-    "retrieval_only": "Retrieval only",
-}
-BASELINES = ("cloud", "local")  # gains are reported against these when present
 DRIFT_EDGES = (0.0, 0.05, 0.1, 0.2, 0.3, 1.0)
 STAYED_TOLERANCE = 1e-6  # |AUC change| up to this counts as "stayed" (float rounding only)
 _RATIO_MATCH = 1e-9  # a train local CTR must equal 1 / (1 + r) this closely
@@ -51,9 +41,7 @@ def local_sample_groups(num_train: np.ndarray, edges: Sequence[int] = LOCAL_SAMP
     return group, groups
 
 
-def method_label(method: str) -> str:
-    """Display name; methods this module does not know keep their own name."""
-    return METHOD_LABELS.get(method, method)
+method_label = label  # the registry's display name; tests and callers still import this name
 
 
 # -- grouping of users (Fig. 2, the drift table) -------------------------------
@@ -194,7 +182,7 @@ def summarize(
 def _comparisons(methods: Sequence[str]) -> dict[str, list[str]]:
     """Baseline -> the methods compared with it (Local is not compared with
     Cloud twice: its gain over Cloud is listed, Cloud's over Local is not)."""
-    bases = [b for b in BASELINES if b in methods]
+    bases = [b for b in REFERENCES if b in methods]
     out = {}
     for i, b in enumerate(bases):
         others = [m for m in methods if m != b and m not in bases[:i]]
