@@ -1,0 +1,145 @@
+"""The report's four figures (paper Figs. 1-3, and Fig. 4: gain by local
+sample count), drawn from the summary dict (docs/evaluation.md "Figures")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from lcft_tf._io import atomic_write
+from lcft_tf import methods as registry
+
+FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png", "fig4_gain_by_local_samples.png")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINESTYLES = ("-", "--", "-.", ":")
+_OFFSET = 0.07  # x shift between methods, in group widths
+
+
+def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Colour, marker, line style and x offset of each method in Fig. 2
+    (offsets all distinct; the same in every panel)."""
+    k = len(methods)
+    return {
+        m: {
+            "color": f"C{i % 10}",
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "offset": (i - (k - 1) / 2) * _OFFSET,
+        }
+        for i, m in enumerate(methods)
+    }
+
+
+def figure_local_ctr(summary: Mapping[str, Any]):
+    import matplotlib.pyplot as plt
+
+    model, entry = next(iter(summary["models"].items()))
+    hist = entry["local_ctr_histogram"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(hist["bins"][:-1], hist["counts"], width=np.diff(hist["bins"]), align="edge", edgecolor="white")
+    ax.axvline(summary["global_ctr"], color="crimson", ls="--", label=f"global CTR w_g = {summary['global_ctr']:.3f}")
+    ax.set_xlabel("local CTR w_i (train samples)")
+    ax.set_ylabel("users")
+    ax.set_title(f"Fig. 1: users' local CTR ({entry['users_without_local_ctr']} users without train samples not shown)",
+                 fontsize=9)
+    ax.legend()
+    return fig
+
+
+def figure_gain_by_group(summary: Mapping[str, Any], key: str = "groups", number: int = 2):
+    """Fig. 2 (or 4 for ``key="groups_by_local_samples"``): per model (rows)
+    and baseline (columns), each method's gain per user group, mean over
+    seeds, with the bootstrap interval as error bars."""
+    import matplotlib.pyplot as plt
+
+    models = summary["models"]
+    baselines = list(summary["comparisons"])
+    if not baselines:
+        raise ValueError("Fig. 2 needs a 'cloud' or 'local' method to compare against")
+    level = f"{summary['bootstrap']['confidence']:.0%}"
+    what = {"groups_by_local_samples": "local (train) samples"}.get(
+        key, "|w_i − w_g| (drift)" if summary["grouping"]["kind"] == "drift" else "negative sampling ratio r")
+    fig, axes = plt.subplots(len(models), len(baselines), figsize=(6.5 * len(baselines), 4.2 * len(models)),
+                             squeeze=False)
+    styles = method_styles(summary["methods"])
+    for row, (model, entry) in enumerate(models.items()):
+        groups = entry[key]
+        x = np.arange(len(groups), dtype=float)
+        for col, base in enumerate(baselines):
+            ax = axes[row][col]
+            others = summary["comparisons"][base]
+            for m in others:
+                cells = [g["gains"].get(f"vs_{base}", {}).get(m) for g in groups]
+                y = np.array([np.nan if c is None or c["estimate"] is None else c["estimate"] for c in cells])
+                lo = np.array([np.nan if c is None or c["ci"][0] is None else c["ci"][0] for c in cells])
+                hi = np.array([np.nan if c is None or c["ci"][1] is None else c["ci"][1] for c in cells])
+                st = styles[m]
+                ax.errorbar(x + st["offset"], y, yerr=[y - lo, hi - y], marker=st["marker"], linestyle=st["linestyle"],
+                            color=st["color"], capsize=2, markersize=5, label=registry.label(m))
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xticks(x, [f"{g['label']}\n{g['users']} users" for g in groups], fontsize=7)
+            ax.set_xlabel(what)
+            ax.set_ylabel(f"user-weighted AUC − {registry.label(base)}")
+            ax.set_title(f"Fig. {number}: {model}, gain over {registry.label(base)} by {what}\n"
+                         f"mean of {len(entry['seeds'])} seed(s); bars: {level} paired bootstrap CI", fontsize=9)
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    return fig
+
+
+def figure_user_changes(summary: Mapping[str, Any]):
+    """Fig. 3: share of users whose AUC rose / stayed / fell against the first
+    baseline (Cloud when present), mean over seeds."""
+    import matplotlib.pyplot as plt
+
+    models = summary["models"]
+    base = next(iter(summary["comparisons"]))
+    tol = summary["stayed_tolerance"]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, (model, entry) in zip(axes[0], models.items()):
+        per_method = entry["user_changes"][f"vs_{base}"]
+        methods = list(per_method)
+        bottom = np.zeros(len(methods))
+        for part, color in (("fell", "#d9534f"), ("stayed", "#cccccc"), ("rose", "#5cb85c")):
+            values = np.array([per_method[m][part] for m in methods])
+            label = f"stayed (|ΔAUC| ≤ {tol:g})" if part == "stayed" else part
+            ax.bar([registry.label(m) for m in methods], values, bottom=bottom, color=color, label=label)
+            bottom += values
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of users")
+        ax.set_title(f"Fig. 3: {model}, per-user AUC vs {registry.label(base)}\n"
+                     f"mean of {len(entry['seeds'])} seed(s); stayed: |ΔAUC| ≤ {tol:g}", fontsize=9)
+        ax.tick_params(axis="x", rotation=20, labelsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def plot_figures(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
+    """Fig. 1 local-CTR histogram; with a Cloud or Local method also Fig. 2
+    (gain per user group) and Fig. 3 (users whose AUC rose / stayed / fell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir = Path(out_dir)
+    paths = [_save(figure_local_ctr(summary), out_dir / FIGURES[0])]
+    if summary["comparisons"]:
+        paths.append(_save(figure_gain_by_group(summary), out_dir / FIGURES[1]))
+        paths.append(_save(figure_user_changes(summary), out_dir / FIGURES[2]))
+        paths.append(_save(figure_gain_by_group(summary, "groups_by_local_samples", 4), out_dir / FIGURES[3]))
+    return paths

@@ -1,0 +1,161 @@
+"""The text of report.md: tables and prose around the summary numbers
+(docs/evaluation.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from lcft_tf import methods as registry
+
+
+def _num(value, fmt: str = "+.4f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _gain_cell(entry: Mapping[str, Any] | None) -> str:
+    if not entry or entry["estimate"] is None:
+        return "–"
+    lo, hi = entry["ci"]
+    mark = " ✓" if entry["excludes_zero"] else ""
+    return f"{_num(entry['estimate'])} [{_num(lo)}, {_num(hi)}]{mark}"
+
+
+def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
+    """Paper Table 2: rows model, columns methods, mean ± std over seeds (best in bold)."""
+    methods = summary["methods"]
+    lines = ["| dataset | model | " + " | ".join(registry.label(m) for m in methods) + " |",
+             "|" + "---|" * (len(methods) + 2)]
+    for model, entry in summary["models"].items():
+        means = [entry["methods"][m]["mean"] for m in methods]
+        best = max((v for v in means if v is not None), default=None)
+        cells = []
+        for m, mean in zip(methods, means):
+            text = f"{_num(mean, '.4f')} ± {_num(entry['methods'][m]['std'], '.4f')}"
+            cells.append(f"**{text}**" if mean is not None and mean == best else text)
+        lines.append(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gain_table(summary: Mapping[str, Any]) -> str:
+    """Gain over each baseline: estimate [95 % CI], ✓ when the CI excludes 0."""
+    baselines = list(summary["comparisons"])
+    lines = ["| model | method | " + " | ".join(f"vs {registry.label(b)}" for b in baselines) + " |",
+             "|" + "---|" * (len(baselines) + 2)]
+    compared = [m for m in summary["methods"] if any(m in others for others in summary["comparisons"].values())]
+    for model, entry in summary["models"].items():
+        for m in compared:
+            cells = [_gain_cell(entry["gains"].get(f"vs_{b}", {}).get(m)) for b in baselines]
+            lines.append(f"| {model} | {registry.label(m)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> str:
+    """Gain over ``base`` per user group: drift bucket or negative ratio
+    (``key="groups"``), or local sample count (``"groups_by_local_samples"``)."""
+    columns = [(base, m) for m in summary["comparisons"][base]]
+    what = _group_axis(summary, key)
+    lines = ["| model | " + what + " | users | " + " | ".join(f"{registry.label(m)} vs {registry.label(b)}"
+                                                        for b, m in columns) + " |",
+             "|" + "---|" * (len(columns) + 3)]
+    for model, entry in summary["models"].items():
+        for g in entry[key]:
+            cells = [_gain_cell(g["gains"].get(f"vs_{b}", {}).get(m)) for b, m in columns]
+            lines.append(f"| {model} | {g['label']} | {g['users']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _group_axis(summary: Mapping[str, Any], key: str) -> str:
+    if key == "groups_by_local_samples":
+        return "local samples"
+    return "drift abs(w_i − w_g)" if summary["grouping"]["kind"] == "drift" else "negative ratio r"
+
+
+def change_table(summary: Mapping[str, Any]) -> str:
+    """Share of users whose AUC rose / stayed / fell against each baseline."""
+    lines = ["| model | method | vs | rose | stayed | fell |", "|---|---|---|---|---|---|"]
+    for model, entry in summary["models"].items():
+        for key, per_method in entry["user_changes"].items():
+            base = key.removeprefix("vs_")
+            for m, s in per_method.items():
+                lines.append(f"| {model} | {registry.label(m)} | {registry.label(base)} | "
+                             f"{s['rose']:.1%} | {s['stayed']:.1%} | {s['fell']:.1%} |")
+    return "\n".join(lines)
+
+
+def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
+    """The text of report.md (see :func:`write_report`)."""
+    models = summary["models"]
+    seeds = sorted({s for e in models.values() for s in e["seeds"]})
+    boot = summary["bootstrap"]
+    level = f"{boot['confidence']:.0%}"
+    lines = [f"# {title_info.get('title', 'LCFT experiment')}", ""]
+    for note in title_info.get("notes", ()):
+        lines += [str(note), ""]
+    lines += [
+        f"Global CTR w_g = {summary['global_ctr']:.4f}. Seeds: {seeds}.",
+        "",
+        "## User-weighted AUC (paper eq. 12), mean ± std over seeds",
+        "",
+        auc_table(summary, str(title_info.get("dataset", ""))),
+        "",
+    ]
+    for model, entry in models.items():
+        lines.append(
+            f"- {model}: {entry['users_used']} of {entry['users']} users in the AUC; {entry['users_left_out']} left out "
+            f"(test set of one class)."
+        )
+    lines.append("")
+    if summary["comparisons"]:
+        lines += [
+            f"## Gains with {level} paired bootstrap intervals",
+            "",
+            f"Estimate = user-weighted mean AUC gain averaged over seeds (equals the difference of the table's means); "
+            f"[{level} interval] from {boot['resamples']} resamples of users (seed {boot['seed']}), each user's "
+            f"methods and seeds kept together; ✓ = the interval excludes 0.",
+            "",
+            gain_table(summary),
+            "",
+        ]
+        kind = summary["grouping"]["kind"]
+        what = ("local-CTR drift abs(w_i − w_g) buckets" if kind == "drift"
+                else "negative-sampling ratio r (train local CTR w_i = 1/(1+r))")
+        without = {m: e["users_without_local_ctr"] for m, e in models.items()}
+        lines += [
+            f"## Gain by {what}",
+            "",
+            f"Mean over seeds, with {level} paired bootstrap intervals within each group. Users with no train samples "
+            f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}.",
+            "",
+        ]
+        for base in summary["comparisons"]:
+            lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base), ""]
+        lines += [
+            "## Gain by number of local samples",
+            "",
+            "Users grouped by their number of local (train) samples, where augmentation (CoDA) should matter most; "
+            f"mean over seeds, {level} paired bootstrap intervals within each group.",
+            "",
+        ]
+        for base in summary["comparisons"]:
+            lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base, "groups_by_local_samples"), ""]
+        lines += [
+            "## Users whose AUC rose, stayed or fell",
+            "",
+            f"Per user, AUC of the method minus AUC of the baseline on the same seed; \"stayed\" = the change is at most "
+            f"{summary['stayed_tolerance']:g} in absolute value. Shares are means over seeds; users left out of the AUC "
+            f"are not counted.",
+            "",
+            change_table(summary),
+            "",
+        ]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{Path(name).stem}]({name})" for name in figures]
+        lines += [
+            "",
+            "Figs. 2–4 show the same numbers as the tables (means over seeds). In Figs. 2 and 4 each method is "
+            "drawn slightly shifted sideways with its own marker and line style, so methods with equal values stay "
+            "visible.",
+        ]
+    return "\n".join(lines) + "\n"
