@@ -84,11 +84,34 @@ def change_table(summary: Mapping[str, Any]) -> str:
 
 
 def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
-    """The text of report.md (see :func:`write_report`)."""
+    """The text of report.md (see :func:`lcft_tf.evaluation.report.write_report`).
+
+    Sections: heading and notes, the AUC table (Table 2); when the summary has
+    comparisons, the gains, the gains per user group and per local sample
+    count, and the rose / stayed / fell shares; then ``figures`` (file names
+    relative to report.md) if any. Ends with a newline.
+    """
+    lines = _heading(title_info, summary)
+    if summary["comparisons"]:
+        level = _level(summary)
+        lines += _gains_section(summary, level)
+        lines += _user_group_section(summary, level)
+        lines += _local_samples_section(summary, level)
+        lines += _changes_section(summary)
+    if figures:
+        lines += _figures_section(figures)
+    return "\n".join(lines) + "\n"
+
+
+def _level(summary: Mapping[str, Any]) -> str:
+    """The bootstrap confidence as a percentage, e.g. ``95%``."""
+    return f"{summary['bootstrap']['confidence']:.0%}"
+
+
+def _heading(title_info: Mapping[str, Any], summary: Mapping[str, Any]) -> list[str]:
+    """Title, notes, w_g and seeds, the AUC table and each model's users."""
     models = summary["models"]
     seeds = sorted({s for e in models.values() for s in e["seeds"]})
-    boot = summary["bootstrap"]
-    level = f"{boot['confidence']:.0%}"
     lines = [f"# {title_info.get('title', 'LCFT experiment')}", ""]
     for note in title_info.get("notes", ()):
         lines += [str(note), ""]
@@ -106,56 +129,77 @@ def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], f
             f"(test set of one class)."
         )
     lines.append("")
-    if summary["comparisons"]:
-        lines += [
-            f"## Gains with {level} paired bootstrap intervals",
-            "",
-            f"Estimate = user-weighted mean AUC gain averaged over seeds (equals the difference of the table's means); "
-            f"[{level} interval] from {boot['resamples']} resamples of users (seed {boot['seed']}), each user's "
-            f"methods and seeds kept together; ✓ = the interval excludes 0.",
-            "",
-            gain_table(summary),
-            "",
-        ]
-        kind = summary["grouping"]["kind"]
-        what = ("local-CTR drift abs(w_i − w_g) buckets" if kind == "drift"
-                else "negative-sampling ratio r (train local CTR w_i = 1/(1+r))")
-        without = {m: e["users_without_local_ctr"] for m, e in models.items()}
-        lines += [
-            f"## Gain by {what}",
-            "",
-            f"Mean over seeds, with {level} paired bootstrap intervals within each group. Users with no train samples "
-            f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}.",
-            "",
-        ]
-        for base in summary["comparisons"]:
-            lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base), ""]
-        lines += [
-            "## Gain by number of local samples",
-            "",
-            "Users grouped by their number of local (train) samples, where augmentation (CoDA) should matter most; "
-            f"mean over seeds, {level} paired bootstrap intervals within each group.",
-            "",
-        ]
-        for base in summary["comparisons"]:
-            lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base, "groups_by_local_samples"), ""]
-        lines += [
-            "## Users whose AUC rose, stayed or fell",
-            "",
-            f"Per user, AUC of the method minus AUC of the baseline on the same seed; \"stayed\" = the change is at most "
-            f"{summary['stayed_tolerance']:g} in absolute value. Shares are means over seeds; users left out of the AUC "
-            f"are not counted.",
-            "",
-            change_table(summary),
-            "",
-        ]
-    if figures:
-        lines += ["## Figures", ""]
-        lines += [f"![{Path(name).stem}]({name})" for name in figures]
-        lines += [
-            "",
-            "Figs. 2–4 show the same numbers as the tables (means over seeds). In Figs. 2 and 4 each method is "
-            "drawn slightly shifted sideways with its own marker and line style, so methods with equal values stay "
-            "visible.",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _gains_section(summary: Mapping[str, Any], level: str) -> list[str]:
+    boot = summary["bootstrap"]
+    return [
+        f"## Gains with {level} paired bootstrap intervals",
+        "",
+        f"Estimate = user-weighted mean AUC gain averaged over seeds (equals the difference of the table's means); "
+        f"[{level} interval] from {boot['resamples']} resamples of users (seed {boot['seed']}), each user's "
+        f"methods and seeds kept together; ✓ = the interval excludes 0.",
+        "",
+        gain_table(summary),
+        "",
+    ]
+
+
+def _user_group_section(summary: Mapping[str, Any], level: str) -> list[str]:
+    """Gains per drift bucket or negative ratio, one table per baseline."""
+    what = ("local-CTR drift abs(w_i − w_g) buckets" if summary["grouping"]["kind"] == "drift"
+            else "negative-sampling ratio r (train local CTR w_i = 1/(1+r))")
+    without = {m: e["users_without_local_ctr"] for m, e in summary["models"].items()}
+    lines = [
+        f"## Gain by {what}",
+        "",
+        f"Mean over seeds, with {level} paired bootstrap intervals within each group. Users with no train samples "
+        f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}.",
+        "",
+    ]
+    return lines + _group_tables(summary, "groups")
+
+
+def _local_samples_section(summary: Mapping[str, Any], level: str) -> list[str]:
+    """Gains per local sample count group, one table per baseline."""
+    lines = [
+        "## Gain by number of local samples",
+        "",
+        "Users grouped by their number of local (train) samples, where augmentation (CoDA) should matter most; "
+        f"mean over seeds, {level} paired bootstrap intervals within each group.",
+        "",
+    ]
+    return lines + _group_tables(summary, "groups_by_local_samples")
+
+
+def _group_tables(summary: Mapping[str, Any], key: str) -> list[str]:
+    lines = []
+    for base in summary["comparisons"]:
+        lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base, key), ""]
+    return lines
+
+
+def _changes_section(summary: Mapping[str, Any]) -> list[str]:
+    return [
+        "## Users whose AUC rose, stayed or fell",
+        "",
+        f"Per user, AUC of the method minus AUC of the baseline on the same seed; \"stayed\" = the change is at most "
+        f"{summary['stayed_tolerance']:g} in absolute value. Shares are means over seeds; users left out of the AUC "
+        f"are not counted.",
+        "",
+        change_table(summary),
+        "",
+    ]
+
+
+def _figures_section(figures: Sequence[str]) -> list[str]:
+    lines = ["## Figures", ""]
+    lines += [f"![{Path(name).stem}]({name})" for name in figures]
+    lines += [
+        "",
+        "Figs. 2–4 show the same numbers as the tables (means over seeds). In Figs. 2 and 4 each method is "
+        "drawn slightly shifted sideways with its own marker and line style, so methods with equal values stay "
+        "visible.",
+    ]
+    return lines

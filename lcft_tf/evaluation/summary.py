@@ -3,6 +3,7 @@ JSON-ready dict; definitions in docs/evaluation.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -45,8 +46,9 @@ def summarize(
     if not runs:
         raise ValueError("no runs to summarize")
     comparisons = _comparisons(methods)
+    bootstrap = (resamples, confidence, bootstrap_seed)
     models = {str(model): _summarize_model(str(model), seeds, global_ctr, methods, comparisons, grouping,
-                                           stayed_tolerance, resamples, confidence, bootstrap_seed, local_sample_edges)
+                                           stayed_tolerance, bootstrap, local_sample_edges)
               for model, seeds in runs.items()}
     summary = {
         "methods": methods,
@@ -64,6 +66,18 @@ def summarize(
         "models": models,
     }
     return _json_ready(summary)
+
+
+def gain_key(base: str) -> str:
+    """Key of the gains (and rose / stayed / fell shares) over ``base`` in a
+    summary: ``"vs_<base>"``."""
+    return f"vs_{base}"
+
+
+def gain_entry(gains: Mapping[str, Any], base: str, method: str) -> Mapping[str, Any] | None:
+    """The gain of ``method`` over ``base`` in a summary ``gains`` dict; None
+    if that pair is not compared there."""
+    return gains.get(gain_key(base), {}).get(method)
 
 
 def _comparisons(methods: Sequence[str]) -> dict[str, list[str]]:
@@ -94,8 +108,33 @@ def _per_user(results, methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     return values, count
 
 
-def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, grouping, tolerance, resamples, confidence,
-                     boot_seed, local_sample_edges=LOCAL_SAMPLE_EDGES):
+def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, grouping, tolerance, bootstrap,
+                     local_sample_edges=LOCAL_SAMPLE_EDGES) -> dict[str, Any]:
+    """The entry of one model in ``summary["models"]`` (see :func:`summarize`)."""
+    first = _check_seeds_agree(model, seed_runs)
+    data = _model_auc(seed_runs, methods)
+    group, groups = grouping.assign(first.local_ctr, global_ctr)
+    out: dict[str, Any] = {
+        "seeds": data.seeds,
+        "users": int(len(first.users)),
+        "users_used": int(data.used.sum()),
+        "users_left_out": int(((data.count > 0) & ~data.used).sum()),
+        "users_without_local_ctr": int((group < 0).sum()),
+        "methods": _method_numbers(data),
+    }
+    pairs = [(b, m) for b, others in comparisons.items() for m in others]
+    gains = _Gains.of(data, pairs, bootstrap)
+    out["gains"] = _overall_gains(gains, out["methods"])
+    out["groups"] = _group_entries(data, gains, group, groups)
+    out["groups_by_local_samples"] = _group_entries(data, gains, *local_sample_groups(first.num_train, local_sample_edges))
+    out["user_changes"] = _user_changes(data, pairs, tolerance)
+    out["local_ctr_histogram"] = _local_ctr_histogram(first.local_ctr)
+    return out
+
+
+def _check_seeds_agree(model: str, seed_runs: Mapping[int, Any]):
+    """The run of the lowest seed, after checking that every seed holds the
+    same users, test counts and test labels; raises ``ValueError`` otherwise."""
     seeds = sorted(seed_runs)
     if not seeds:
         raise ValueError(f"model {model} has no seeds")
@@ -109,88 +148,140 @@ def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, groupin
         )
         if not same:
             raise ValueError(f"model {model}: seed {s} ran on other users or test labels than seed {seeds[0]}")
+    return first
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelAUC:
+    """Per-user AUC of one model, every seed and method.
+
+    ``auc`` float64 ``[seeds, methods, users]`` (NaN: one-class test set),
+    ``count`` int64 ``[users]`` test samples, ``used`` bool ``[users]``: has
+    test samples and a finite AUC for every seed and method.
+    """
+
+    seeds: list[int]
+    methods: list[str]
+    auc: np.ndarray
+    count: np.ndarray
+    used: np.ndarray
+
+    def column(self, method: str) -> int:
+        return self.methods.index(method)
+
+    def per_seed(self, i: int, mask: np.ndarray | None = None) -> list[float]:
+        """Eq. 12 AUC of method column ``i`` for every seed, over the users in ``mask`` (all if None)."""
+        return [weighted_user_mean(self.auc[k, i] if mask is None else np.where(mask, self.auc[k, i], np.nan),
+                                   self.count).value for k in range(len(self.seeds))]
+
+
+def _model_auc(seed_runs: Mapping[int, Any], methods: Sequence[str]) -> _ModelAUC:
+    seeds = sorted(seed_runs)
     per_seed = [_per_user(seed_runs[s], methods) for s in seeds]
     auc = np.stack([v for v, _ in per_seed])  # [seeds, methods, users]
     count = per_seed[0][1]
     used = (count > 0) & np.all(np.isfinite(auc), axis=(0, 1))
-    left_out = int(((count > 0) & ~used).sum())
-    group, groups = grouping.assign(first.local_ctr, global_ctr)
+    return _ModelAUC(seeds, list(methods), auc, count, used)
 
-    out: dict[str, Any] = {
-        "seeds": seeds,
-        "users": int(len(first.users)),
-        "users_used": int(used.sum()),
-        "users_left_out": left_out,
-        "users_without_local_ctr": int((group < 0).sum()),
-        "methods": {},
-    }
-    for i, m in enumerate(methods):
-        values = np.array([weighted_user_mean(auc[k, i], count).value for k in range(len(seeds))])
-        out["methods"][m] = {
+
+def _std_over_seeds(values: np.ndarray) -> float:
+    """Sample std (ddof 1) over seeds; 0 for a single seed (docs/evaluation.md "Seeds")."""
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def _method_numbers(data: _ModelAUC) -> dict[str, dict[str, Any]]:
+    """Label, mean, std and per-seed eq. 12 AUC of every method (Table 2)."""
+    out = {}
+    for i, m in enumerate(data.methods):
+        values = np.array(data.per_seed(i))
+        out[m] = {
             "label": registry.label(m),
             "mean": float(values.mean()),
-            "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            "std": _std_over_seeds(values),
             "per_seed": values.tolist(),
         }
+    return out
 
-    comparisons = [(b, m) for b, others in comparisons.items() for m in others]
-    index = {m: i for i, m in enumerate(methods)}
-    # per-user gain, averaged over seeds: [users, comparisons]
-    gain = np.stack([(auc[:, index[m]] - auc[:, index[b]]).mean(0) for b, m in comparisons], axis=1) \
-        if comparisons else np.zeros((len(count), 0))
-    weights = count.astype(np.float64)
 
-    def gains_for(mask: np.ndarray) -> dict[str, dict[str, Any]]:
-        users = mask & used
-        estimate, low, high = paired_bootstrap(gain[users], weights[users], resamples, confidence, boot_seed)
+@dataclasses.dataclass(frozen=True)
+class _Gains:
+    """Per-user gains ``gain`` float64 ``[users, pairs]`` (method minus
+    baseline, averaged over seeds) and their paired bootstrap."""
+
+    pairs: list[tuple[str, str]]
+    gain: np.ndarray
+    weights: np.ndarray
+    used: np.ndarray
+    bootstrap: tuple[int, float, int]  # resamples, confidence, seed
+
+    @classmethod
+    def of(cls, data: _ModelAUC, pairs: list[tuple[str, str]], bootstrap: tuple[int, float, int]) -> "_Gains":
+        auc = data.auc
+        gain = np.stack([(auc[:, data.column(m)] - auc[:, data.column(b)]).mean(0) for b, m in pairs], axis=1) \
+            if pairs else np.zeros((len(data.count), 0))
+        return cls(pairs, gain, data.count.astype(np.float64), data.used, bootstrap)
+
+    def among(self, mask: np.ndarray) -> dict[str, dict[str, Any]]:
+        """``vs_<base>`` -> method -> estimate, interval and ``excludes_zero``
+        over the used users in ``mask`` (docs/evaluation.md "Gains")."""
+        users = mask & self.used
+        estimate, low, high = paired_bootstrap(self.gain[users], self.weights[users], *self.bootstrap)
         table: dict[str, dict[str, Any]] = {}
-        for j, (b, m) in enumerate(comparisons):
-            table.setdefault(f"vs_{b}", {})[m] = {
+        for j, (b, m) in enumerate(self.pairs):
+            table.setdefault(gain_key(b), {})[m] = {
                 "estimate": float(estimate[j]),
                 "ci": [float(low[j]), float(high[j])],
                 "excludes_zero": bool(low[j] > 0 or high[j] < 0),
             }
         return table
 
-    gains = gains_for(np.ones(len(count), bool))
-    for b, m in comparisons:  # the table's view: per-seed differences of eq. 12 AUCs
-        diffs = np.array(out["methods"][m]["per_seed"]) - np.array(out["methods"][b]["per_seed"])
-        gains[f"vs_{b}"][m]["per_seed"] = diffs.tolist()
-        gains[f"vs_{b}"][m]["std_over_seeds"] = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
-    out["gains"] = gains
 
-    def group_entries(group: np.ndarray, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        entries = []
-        for g, description in enumerate(groups):
-            mask = group == g
-            entries.append({
-                **description,
-                "users": int(mask.sum()),
-                "users_used": int((mask & used).sum()),
-                "auc": {
-                    m: float(np.mean([weighted_user_mean(np.where(mask, auc[k, i], np.nan), count).value
-                                      for k in range(len(seeds))]))
-                    for i, m in enumerate(methods)
-                },
-                "gains": gains_for(mask),
-            })
-        return entries
+def _overall_gains(gains: _Gains, method_numbers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Gains over all users, with the table's view added: the per-seed
+    differences of the eq. 12 AUCs and their std over seeds."""
+    table = gains.among(np.ones(len(gains.used), bool))
+    for b, m in gains.pairs:
+        diffs = np.array(method_numbers[m]["per_seed"]) - np.array(method_numbers[b]["per_seed"])
+        table[gain_key(b)][m]["per_seed"] = diffs.tolist()
+        table[gain_key(b)][m]["std_over_seeds"] = _std_over_seeds(diffs)
+    return table
 
-    out["groups"] = group_entries(group, groups)
-    out["groups_by_local_samples"] = group_entries(*local_sample_groups(first.num_train, local_sample_edges))
 
+def _group_entries(data: _ModelAUC, gains: _Gains, group: np.ndarray,
+                   groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group's description with its user counts, seed-mean eq. 12 AUC
+    per method and gains (``group``: int ``[users]`` index into ``groups``)."""
+    entries = []
+    for g, description in enumerate(groups):
+        mask = group == g
+        entries.append({
+            **description,
+            "users": int(mask.sum()),
+            "users_used": int((mask & data.used).sum()),
+            "auc": {m: float(np.mean(data.per_seed(i, mask))) for i, m in enumerate(data.methods)},
+            "gains": gains.among(mask),
+        })
+    return entries
+
+
+def _user_changes(data: _ModelAUC, pairs: list[tuple[str, str]], tolerance: float) -> dict[str, dict[str, Any]]:
+    """Shares of users whose AUC rose / stayed / fell, per seed and their
+    mean (docs/evaluation.md "Rose / stayed / fell")."""
     changes: dict[str, dict[str, Any]] = {}
-    for b, m in comparisons:
-        shares = [change_shares(auc[k, index[b]], auc[k, index[m]], tolerance) for k in range(len(seeds))]
-        changes.setdefault(f"vs_{b}", {})[m] = {
+    for b, m in pairs:
+        base, other = data.auc[:, data.column(b)], data.auc[:, data.column(m)]
+        shares = [change_shares(base[k], other[k], tolerance) for k in range(len(data.seeds))]
+        changes.setdefault(gain_key(b), {})[m] = {
             part: float(np.mean([s[part] for s in shares])) for part in ("rose", "stayed", "fell")
         } | {"per_seed": shares}
-    out["user_changes"] = changes
+    return changes
 
-    finite = first.local_ctr[np.isfinite(first.local_ctr)]
+
+def _local_ctr_histogram(local_ctr: np.ndarray) -> dict[str, list]:
+    """20 equal bins over [0, 1] of the finite local CTRs (Fig. 1)."""
+    finite = local_ctr[np.isfinite(local_ctr)]
     counts, bins = np.histogram(finite, bins=20, range=(0.0, 1.0))
-    out["local_ctr_histogram"] = {"bins": bins.tolist(), "counts": counts.tolist()}
-    return out
+    return {"bins": bins.tolist(), "counts": counts.tolist()}
 
 
 def _json_ready(value):
