@@ -11,6 +11,7 @@ import numpy as np
 
 from lcft_tf._io import atomic_write
 from lcft_tf import methods as registry
+from lcft_tf.evaluation.summary import gain_entry, gain_key
 
 FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png", "fig4_gain_by_local_samples.png")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -72,10 +73,7 @@ def figure_gain_by_group(summary: Mapping[str, Any], key: str = "groups", number
             ax = axes[row][col]
             others = summary["comparisons"][base]
             for m in others:
-                cells = [g["gains"].get(f"vs_{base}", {}).get(m) for g in groups]
-                y = np.array([np.nan if c is None or c["estimate"] is None else c["estimate"] for c in cells])
-                lo = np.array([np.nan if c is None or c["ci"][0] is None else c["ci"][0] for c in cells])
-                hi = np.array([np.nan if c is None or c["ci"][1] is None else c["ci"][1] for c in cells])
+                y, lo, hi = _gain_series(groups, base, m)
                 st = styles[m]
                 ax.errorbar(x + st["offset"], y, yerr=[y - lo, hi - y], marker=st["marker"], linestyle=st["linestyle"],
                             color=st["color"], capsize=2, markersize=5, label=registry.label(m))
@@ -90,6 +88,18 @@ def figure_gain_by_group(summary: Mapping[str, Any], key: str = "groups", number
     return fig
 
 
+def _gain_series(groups: Sequence[Mapping[str, Any]], base: str, method: str):
+    """Estimate, interval low and high of ``method`` over ``base`` in every
+    group: float64 arrays ``[groups]``, NaN where the summary has None
+    (an empty group) or the pair is not compared."""
+    cells = [gain_entry(g["gains"], base, method) for g in groups]
+
+    def series(pick) -> np.ndarray:
+        return np.array([np.nan if c is None or pick(c) is None else pick(c) for c in cells])
+
+    return series(lambda c: c["estimate"]), series(lambda c: c["ci"][0]), series(lambda c: c["ci"][1])
+
+
 def figure_user_changes(summary: Mapping[str, Any]):
     """Fig. 3: share of users whose AUC rose / stayed / fell against the first
     baseline (Cloud when present), mean over seeds."""
@@ -100,7 +110,7 @@ def figure_user_changes(summary: Mapping[str, Any]):
     tol = summary["stayed_tolerance"]
     fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
     for ax, (model, entry) in zip(axes[0], models.items()):
-        per_method = entry["user_changes"][f"vs_{base}"]
+        per_method = entry["user_changes"][gain_key(base)]
         methods = list(per_method)
         bottom = np.zeros(len(methods))
         for part, color in (("fell", "#d9534f"), ("stayed", "#cccccc"), ("rose", "#5cb85c")):

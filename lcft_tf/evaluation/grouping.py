@@ -16,13 +16,20 @@ _MAX_VALUE_GROUPS = 50
 LOCAL_SAMPLE_EDGES = (0, 5, 10, 20, 50, 100, 200)
 
 
+def right_open_index(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Index j of the bucket ``[edges[j], edges[j+1])`` holding each value
+    (int64, same shape as ``values``): -1 below ``edges[0]``, ``len(edges) - 1``
+    at or above the last edge. ``edges`` must increase (not checked here)."""
+    return np.searchsorted(edges, values, side="right") - 1
+
+
 def local_sample_groups(num_train: np.ndarray, edges: Sequence[int] = LOCAL_SAMPLE_EDGES):
     """Group index of every user by local sample count, and the groups
     (``[e_j, e_{j+1})``, the last one open-ended)."""
     edges = np.asarray(edges, dtype=np.int64)
     if len(edges) < 1 or edges[0] != 0 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"local sample edges must start at 0 and increase, got {list(edges)}")
-    group = np.searchsorted(edges, np.asarray(num_train), side="right") - 1
+    group = right_open_index(edges, np.asarray(num_train))
     groups = [{"label": f"{lo}–{hi - 1}" if hi is not None else f"≥ {lo}", "local_samples": [int(lo), None if hi is None else int(hi)]}
               for lo, hi in zip(edges, [*edges[1:].tolist(), None])]
     return group, groups
@@ -79,8 +86,7 @@ class Grouping:
             drift = np.abs(local_ctr[known] - global_ctr)
             if np.any((drift < edges[0]) | (drift > edges[-1])):
                 raise ValueError(f"local CTR drift outside the drift edges [{edges[0]}, {edges[-1]}]")
-            index = np.searchsorted(edges, drift, side="right") - 1
-            group[known] = np.minimum(index, len(edges) - 2)  # the top edge belongs to the last bucket
+            group[known] = np.minimum(right_open_index(edges, drift), len(edges) - 2)  # top edge: last bucket
             groups = [
                 {"label": f"{lo:.2f}–{hi:.2f}", "drift": [float(lo), float(hi)]} for lo, hi in zip(edges[:-1], edges[1:])
             ]

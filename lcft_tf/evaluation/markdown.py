@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lcft_tf import methods as registry
+from lcft_tf.evaluation.summary import gain_entry
 
 
 def _num(value, fmt: str = "+.4f") -> str:
@@ -45,7 +46,7 @@ def gain_table(summary: Mapping[str, Any]) -> str:
     compared = [m for m in summary["methods"] if any(m in others for others in summary["comparisons"].values())]
     for model, entry in summary["models"].items():
         for m in compared:
-            cells = [_gain_cell(entry["gains"].get(f"vs_{b}", {}).get(m)) for b in baselines]
+            cells = [_gain_cell(gain_entry(entry["gains"], b, m)) for b in baselines]
             lines.append(f"| {model} | {registry.label(m)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -60,7 +61,7 @@ def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> s
              "|" + "---|" * (len(columns) + 3)]
     for model, entry in summary["models"].items():
         for g in entry[key]:
-            cells = [_gain_cell(g["gains"].get(f"vs_{b}", {}).get(m)) for b, m in columns]
+            cells = [_gain_cell(gain_entry(g["gains"], b, m)) for b, m in columns]
             lines.append(f"| {model} | {g['label']} | {g['users']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
