@@ -1,5 +1,11 @@
-"""The report's four figures (paper Figs. 1-3, and Fig. 4: gain by local
-sample count), drawn from the summary dict (docs/evaluation.md "Figures")."""
+"""The report's four figures, drawn from a :func:`~lcft_tf.evaluation.summary.summarize`
+dict (docs/evaluation.md "Figures").
+
+Fig. 1 local-CTR histogram, Fig. 2 gain per user group (paper Fig. 2),
+Fig. 3 users whose AUC rose / stayed / fell (paper Fig. 3), Fig. 4 gain per
+local sample count. File names: :data:`FIGURES`. Every figure shows seed
+means, as the tables do.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lcft_tf._io import atomic_write
 from lcft_tf import methods as registry
+from lcft_tf._io import atomic_write
 from lcft_tf.evaluation.summary import gain_entry, gain_key
 
+# File names of Figs. 1-4, in order (written under the report folder).
 FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png", "fig4_gain_by_local_samples.png")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
@@ -20,8 +27,13 @@ _OFFSET = 0.07  # x shift between methods, in group widths
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Colour, marker, line style and x offset of each method in Fig. 2
-    (offsets all distinct; the same in every panel)."""
+    """Colour, marker, line style and x offset of each method in Figs. 2 and 4.
+
+    Returns method -> ``{"color": "C<i>", "marker", "linestyle", "offset"}``;
+    ``offset`` is an x shift in group widths (0.07 apart, centred on 0), all
+    distinct, so methods with equal values stay visible (docs/evaluation.md
+    "Figures"). The same for every panel of a figure.
+    """
     k = len(methods)
     return {
         m: {
@@ -35,6 +47,14 @@ def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def figure_local_ctr(summary: Mapping[str, Any]):
+    """Fig. 1: histogram of the users' train local CTR w_i (20 bins over
+    [0, 1]) with the global CTR w_g marked, for the **first** model of the
+    summary (every model of a run shares the users). Users without train
+    samples are not drawn; their number is in the title.
+
+    Returns a matplotlib ``Figure`` (the caller closes it). Raises
+    ``StopIteration`` if the summary has no model.
+    """
     import matplotlib.pyplot as plt
 
     model, entry = next(iter(summary["models"].items()))
@@ -51,9 +71,18 @@ def figure_local_ctr(summary: Mapping[str, Any]):
 
 
 def figure_gain_by_group(summary: Mapping[str, Any], key: str = "groups", number: int = 2):
-    """Fig. 2 (or 4 for ``key="groups_by_local_samples"``): per model (rows)
-    and baseline (columns), each method's gain per user group, mean over
-    seeds, with the bootstrap interval as error bars."""
+    """Fig. 2 (or Fig. ``number`` = 4 for ``key="groups_by_local_samples"``).
+
+    One panel per model (rows) and baseline (columns): each compared
+    method's gain in user-weighted AUC (eq. 12, AUC units) per user group,
+    mean over seeds, with the paired bootstrap interval as error bars
+    (docs/evaluation.md "Gains", "User groups"). Groups whose estimate is
+    None (no used users) are drawn as gaps. ``key``: ``"groups"`` (drift
+    bucket or negative ratio) or ``"groups_by_local_samples"``.
+
+    Returns a matplotlib ``Figure`` (the caller closes it). Raises
+    ``ValueError`` if the summary has no comparison (no Cloud or Local).
+    """
     import matplotlib.pyplot as plt
 
     models = summary["models"]
@@ -101,8 +130,14 @@ def _gain_series(groups: Sequence[Mapping[str, Any]], base: str, method: str):
 
 
 def figure_user_changes(summary: Mapping[str, Any]):
-    """Fig. 3: share of users whose AUC rose / stayed / fell against the first
-    baseline (Cloud when present), mean over seeds."""
+    """Fig. 3: share of users (0-1) whose AUC rose / stayed / fell against
+    the first baseline (Cloud when present, else Local), mean over seeds of
+    the per-seed shares; one panel per model (paper Fig. 3;
+    docs/evaluation.md "Rose / stayed / fell").
+
+    Returns a matplotlib ``Figure`` (the caller closes it). Raises
+    ``StopIteration`` if the summary has no comparison.
+    """
     import matplotlib.pyplot as plt
 
     models = summary["models"]
@@ -128,6 +163,7 @@ def figure_user_changes(summary: Mapping[str, Any]):
 
 
 def _save(fig, path: Path) -> Path:
+    """Write ``fig`` as a 120 dpi PNG to ``path`` atomically, then close it."""
     import io
 
     import matplotlib.pyplot as plt
@@ -141,8 +177,14 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot_figures(summary: Mapping[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """Fig. 1 local-CTR histogram; with a Cloud or Local method also Fig. 2
-    (gain per user group) and Fig. 3 (users whose AUC rose / stayed / fell)."""
+    """Write the figures as PNGs under ``out_dir``; return their paths, in order.
+
+    Fig. 1 (local-CTR histogram) always; with a comparison (a Cloud or Local
+    method in the summary) also Fig. 2 (gain per user group), Fig. 3 (users
+    whose AUC rose / stayed / fell) and Fig. 4 (gain per local sample
+    count). File names: :data:`FIGURES`. Switches matplotlib to the ``Agg``
+    backend. Raises ``OSError`` if a file cannot be written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,5 +1,10 @@
-"""The text of report.md: tables and prose around the summary numbers
-(docs/evaluation.md)."""
+"""The text of report.md: tables and prose around the numbers of a
+:func:`~lcft_tf.evaluation.summary.summarize` dict (docs/evaluation.md).
+
+Tables are GitHub markdown strings without a trailing newline; numbers the
+summary has as None (no used users) are shown as "–". Every function raises
+``KeyError`` on a dict not shaped like ``summarize``'s output.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ from lcft_tf.evaluation.summary import gain_entry
 
 
 def _num(value, fmt: str = "+.4f") -> str:
+    """``value`` formatted with ``fmt``, or "–" for None."""
     return "–" if value is None else format(value, fmt)
 
 
 def _gain_cell(entry: Mapping[str, Any] | None) -> str:
+    """``+0.0123 [+0.0050, +0.0190] ✓`` (✓: the interval excludes 0), or "–"."""
     if not entry or entry["estimate"] is None:
         return "–"
     lo, hi = entry["ci"]
@@ -23,7 +30,9 @@ def _gain_cell(entry: Mapping[str, Any] | None) -> str:
 
 
 def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
-    """Paper Table 2: rows model, columns methods, mean ± std over seeds (best in bold)."""
+    """Paper Table 2: rows model, columns methods (registry labels), the
+    user-weighted AUC (eq. 12) as mean ± sample std over seeds, 4 decimals,
+    the best mean of each row in bold. ``dataset`` fills the first column."""
     methods = summary["methods"]
     lines = ["| dataset | model | " + " | ".join(registry.label(m) for m in methods) + " |",
              "|" + "---|" * (len(methods) + 2)]
@@ -39,7 +48,9 @@ def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
 
 
 def gain_table(summary: Mapping[str, Any]) -> str:
-    """Gain over each baseline: estimate [95 % CI], ✓ when the CI excludes 0."""
+    """Gain in AUC over each baseline (columns) of each compared method (rows
+    per model): estimate [interval at the summary's confidence], ✓ when the
+    interval excludes 0 (docs/evaluation.md "Gains")."""
     baselines = list(summary["comparisons"])
     lines = ["| model | method | " + " | ".join(f"vs {registry.label(b)}" for b in baselines) + " |",
              "|" + "---|" * (len(baselines) + 2)]
@@ -53,7 +64,10 @@ def gain_table(summary: Mapping[str, Any]) -> str:
 
 def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> str:
     """Gain over ``base`` per user group: drift bucket or negative ratio
-    (``key="groups"``), or local sample count (``"groups_by_local_samples"``)."""
+    (``key="groups"``), or local sample count (``"groups_by_local_samples"``);
+    one row per model and group with its number of users, one column per
+    method compared with ``base`` (docs/evaluation.md "User groups").
+    ``base`` must be a baseline of the summary (else ``KeyError``)."""
     columns = [(base, m) for m in summary["comparisons"][base]]
     what = _group_axis(summary, key)
     lines = ["| model | " + what + " | users | " + " | ".join(f"{registry.label(m)} vs {registry.label(b)}"
@@ -67,13 +81,16 @@ def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> s
 
 
 def _group_axis(summary: Mapping[str, Any], key: str) -> str:
+    """Header of the group column of :func:`group_table`."""
     if key == "groups_by_local_samples":
         return "local samples"
     return "drift abs(w_i − w_g)" if summary["grouping"]["kind"] == "drift" else "negative ratio r"
 
 
 def change_table(summary: Mapping[str, Any]) -> str:
-    """Share of users whose AUC rose / stayed / fell against each baseline."""
+    """Share of users (percent, 1 decimal) whose AUC rose / stayed / fell
+    against each baseline, mean over seeds (paper Fig. 3; docs/evaluation.md
+    "Rose / stayed / fell")."""
     lines = ["| model | method | vs | rose | stayed | fell |", "|---|---|---|---|---|---|"]
     for model, entry in summary["models"].items():
         for key, per_method in entry["user_changes"].items():
@@ -134,6 +151,7 @@ def _heading(title_info: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
 
 
 def _gains_section(summary: Mapping[str, Any], level: str) -> list[str]:
+    """The gain table and how its intervals were made."""
     boot = summary["bootstrap"]
     return [
         f"## Gains with {level} paired bootstrap intervals",
@@ -175,6 +193,7 @@ def _local_samples_section(summary: Mapping[str, Any], level: str) -> list[str]:
 
 
 def _group_tables(summary: Mapping[str, Any], key: str) -> list[str]:
+    """One :func:`group_table` per baseline, each under its own caption."""
     lines = []
     for base in summary["comparisons"]:
         lines += [f"Gain over {registry.label(base)}:", "", group_table(summary, base, key), ""]
@@ -182,6 +201,7 @@ def _group_tables(summary: Mapping[str, Any], key: str) -> list[str]:
 
 
 def _changes_section(summary: Mapping[str, Any]) -> list[str]:
+    """The rose / stayed / fell table and the tolerance it used."""
     return [
         "## Users whose AUC rose, stayed or fell",
         "",
@@ -195,6 +215,7 @@ def _changes_section(summary: Mapping[str, Any]) -> list[str]:
 
 
 def _figures_section(figures: Sequence[str]) -> list[str]:
+    """Links to the figure files and how to read Figs. 2-4."""
     lines = ["## Figures", ""]
     lines += [f"![{Path(name).stem}]({name})" for name in figures]
     lines += [

@@ -38,10 +38,16 @@ __all__ = [
 
 
 def write_report(out_dir: str | os.PathLike, title_info: Mapping[str, Any], summary: Mapping[str, Any]) -> list[Path]:
-    """Write ``report.md`` and the figures under ``out_dir``; return their paths.
+    """Write ``report.md`` and the figures under ``out_dir`` (created if
+    needed); return their paths, ``report.md`` first, then the figures in
+    order (:func:`~lcft_tf.evaluation.figures.plot_figures`: Fig. 1 always,
+    Figs. 2-4 when the summary has a comparison).
 
+    ``summary``: the dict of :func:`~lcft_tf.evaluation.summary.summarize`.
     ``title_info``: ``title`` (heading), optional ``dataset`` (name in the
     table) and ``notes`` (list of paragraphs under the heading: data, config).
+    Files are written atomically. Raises ``OSError`` if they cannot be
+    written. Definitions: docs/evaluation.md.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
-"""Every number of a fleet run's report (paper Table 2, Figs. 1-3), as one
-JSON-ready dict; definitions in docs/evaluation.md."""
+"""Every number of a fleet run's report (paper Table 2, Figs. 1-4), as one
+JSON-ready dict: :func:`summarize`. Definitions: docs/evaluation.md.
+
+Method labels and the baselines gains are stated against come from the
+method registry (:mod:`lcft_tf.methods`: ``label``, ``REFERENCES``).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lcft_tf import methods as registry
 from lcft_tf.evaluation.grouping import LOCAL_SAMPLE_EDGES, Grouping, local_sample_groups
 from lcft_tf.evaluation.metrics import change_shares, paired_bootstrap, per_user_auc, weighted_user_mean
-from lcft_tf import methods as registry
 
 STAYED_TOLERANCE = 1e-6  # |AUC change| up to this counts as "stayed" (float rounding only)
 
@@ -27,24 +31,31 @@ def summarize(
     bootstrap_seed: int = 0,
     local_sample_edges: Sequence[int] = LOCAL_SAMPLE_EDGES,
 ) -> dict[str, Any]:
-    """Every number of the report, JSON-ready (NaN -> None).
+    """Every number of the report, JSON-ready (plain Python types, NaN -> None).
 
     ``runs``: model -> seed -> :class:`lcft_tf.device.fleet.FleetResults`;
-    every seed of a model must hold the same users, test samples and labels.
+    every seed of a model must hold the same users, test samples and labels,
+    and predictions (float ``[test samples]``) for every name in
+    ``methods`` (registry names; unknown names are kept and shown as is).
+    ``global_ctr``: w_g in [0, 1]. ``stayed_tolerance``: |AUC change| (AUC
+    units) that still counts as "stayed". ``resamples``, ``confidence``,
+    ``bootstrap_seed``: the paired bootstrap; ``local_sample_edges``: see
+    :func:`~lcft_tf.evaluation.grouping.local_sample_groups`.
+
     Per model: AUC per method (eq. 12; mean, std and per seed), gains over
-    Cloud and Local with paired per-user bootstrap intervals, the same per
-    user group, shares of users whose AUC rose / stayed / fell, and the
-    local-CTR histogram. See docs/evaluation.md.
+    each of :data:`lcft_tf.methods.REFERENCES` present with paired per-user
+    bootstrap intervals, the same per user group and per local sample count
+    group, shares of users whose AUC rose / stayed / fell, and the local-CTR
+    histogram. Definitions: docs/evaluation.md.
+
+    Raises ``ValueError`` for empty or repeated ``methods``, ``global_ctr``
+    outside [0, 1], a negative or non-finite ``stayed_tolerance``, no runs, a
+    model without seeds, seeds on other users or labels, missing
+    predictions, bad bootstrap settings, or a grouping that cannot place the
+    users (:meth:`~lcft_tf.evaluation.grouping.Grouping.assign`).
     """
     methods = list(methods)
-    if not methods or len(set(methods)) != len(methods):
-        raise ValueError(f"methods must be a non-empty list without repeats, got {methods}")
-    if not (math.isfinite(global_ctr) and 0.0 <= global_ctr <= 1.0):
-        raise ValueError(f"global_ctr must lie in [0, 1], got {global_ctr}")
-    if not (math.isfinite(stayed_tolerance) and stayed_tolerance >= 0):
-        raise ValueError(f"stayed_tolerance must be finite and >= 0, got {stayed_tolerance}")
-    if not runs:
-        raise ValueError("no runs to summarize")
+    _check_arguments(runs, global_ctr, methods, stayed_tolerance)
     comparisons = _comparisons(methods)
     bootstrap = (resamples, confidence, bootstrap_seed)
     models = {str(model): _summarize_model(str(model), seeds, global_ctr, methods, comparisons, grouping,
@@ -68,6 +79,18 @@ def summarize(
     return _json_ready(summary)
 
 
+def _check_arguments(runs, global_ctr: float, methods: list[str], stayed_tolerance: float) -> None:
+    """Raise ``ValueError`` for the bad arguments listed in :func:`summarize`."""
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be a non-empty list without repeats, got {methods}")
+    if not (math.isfinite(global_ctr) and 0.0 <= global_ctr <= 1.0):
+        raise ValueError(f"global_ctr must lie in [0, 1], got {global_ctr}")
+    if not (math.isfinite(stayed_tolerance) and stayed_tolerance >= 0):
+        raise ValueError(f"stayed_tolerance must be finite and >= 0, got {stayed_tolerance}")
+    if not runs:
+        raise ValueError("no runs to summarize")
+
+
 def gain_key(base: str) -> str:
     """Key of the gains (and rose / stayed / fell shares) over ``base`` in a
     summary: ``"vs_<base>"``."""
@@ -81,8 +104,10 @@ def gain_entry(gains: Mapping[str, Any], base: str, method: str) -> Mapping[str,
 
 
 def _comparisons(methods: Sequence[str]) -> dict[str, list[str]]:
-    """Baseline -> the methods compared with it (Local is not compared with
-    Cloud twice: its gain over Cloud is listed, Cloud's over Local is not)."""
+    """Baseline -> the methods compared with it. Baselines are the registry's
+    ``REFERENCES`` present in ``methods``, in that order; Local is not
+    compared with Cloud twice: its gain over Cloud is listed, Cloud's over
+    Local is not (docs/evaluation.md "Gains")."""
     bases = [b for b in registry.REFERENCES if b in methods]
     out = {}
     for i, b in enumerate(bases):
@@ -93,7 +118,9 @@ def _comparisons(methods: Sequence[str]) -> dict[str, list[str]]:
 
 
 def _per_user(results, methods: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user AUC ``[methods, users]`` and test counts ``[users]`` of one run."""
+    """Per-user AUC float64 ``[methods, users]`` (NaN: one-class or no test
+    samples) and test counts int64 ``[users]`` of one run; raises
+    ``ValueError`` if a method has no predictions."""
     missing = [m for m in methods if m not in results.predictions]
     if missing:
         raise ValueError(f"fleet results have no predictions for methods {missing}")
@@ -167,6 +194,7 @@ class _ModelAUC:
     used: np.ndarray
 
     def column(self, method: str) -> int:
+        """Index of ``method`` along the methods axis of ``auc``."""
         return self.methods.index(method)
 
     def per_seed(self, i: int, mask: np.ndarray | None = None) -> list[float]:
@@ -176,6 +204,7 @@ class _ModelAUC:
 
 
 def _model_auc(seed_runs: Mapping[int, Any], methods: Sequence[str]) -> _ModelAUC:
+    """Stack the per-user AUC of every seed (sorted) and mark the used users."""
     seeds = sorted(seed_runs)
     per_seed = [_per_user(seed_runs[s], methods) for s in seeds]
     auc = np.stack([v for v, _ in per_seed])  # [seeds, methods, users]
@@ -216,6 +245,7 @@ class _Gains:
 
     @classmethod
     def of(cls, data: _ModelAUC, pairs: list[tuple[str, str]], bootstrap: tuple[int, float, int]) -> "_Gains":
+        """Gains of every ``(base, method)`` pair; weights = test samples (eq. 12)."""
         auc = data.auc
         gain = np.stack([(auc[:, data.column(m)] - auc[:, data.column(b)]).mean(0) for b, m in pairs], axis=1) \
             if pairs else np.zeros((len(data.count), 0))
