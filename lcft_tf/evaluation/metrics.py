@@ -1,4 +1,9 @@
-"""User-weighted AUC (paper eq. 12) and the per-user breakdowns behind Figs. 1-3."""
+"""User-weighted AUC (paper eq. 12), rose / stayed / fell shares (Fig. 3) and
+the paired user bootstrap; definitions in docs/evaluation.md.
+
+AUC values are in [0, 1]; a user whose test samples are all one class (or
+who has none) has NaN.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,12 @@ import numpy as np
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC with ties counted half (NaN when only one class is present)."""
+    """ROC AUC of one set of samples, ties counted half.
+
+    ``labels``: ``[S]`` 0/1 (any dtype, read as bool); ``scores``: float
+    ``[S]``, finite. Returns a float in [0, 1]; NaN when only one class is
+    present or ``S == 0``. Raises ``ValueError`` as :func:`per_user_auc`.
+    """
     value, _ = per_user_auc(np.zeros(len(labels), np.int64), labels, scores)
     return float(value[0]) if len(value) else float("nan")
 
@@ -16,8 +26,14 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
 def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """AUC of every user id ``0..max(users)`` (vectorised, ties averaged).
 
-    Returns ``(auc, count)``; ``auc`` is NaN for users whose samples are all
-    one class (or who have none).
+    ``users``: int ``[S]`` user id >= 0 of each sample; ``labels``: ``[S]``
+    0/1; ``scores``: float ``[S]``. Mann-Whitney rank sums within each user,
+    a run of equal scores sharing its average rank (ties count half).
+
+    Returns ``(auc, count)``: float64 and int64 ``[max(users) + 1]`` (both
+    empty when ``S == 0``); ``auc`` is NaN for users whose samples are all
+    one class (or who have none), ``count`` their number of samples.
+    Raises ``ValueError`` if the lengths differ or a score is NaN / inf.
     """
     users = np.asarray(users, dtype=np.int64)
     labels = np.asarray(labels).astype(bool)
@@ -53,6 +69,13 @@ def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> t
 
 @dataclasses.dataclass(frozen=True)
 class WeightedAUC:
+    """Result of eq. 12 (docs/evaluation.md "User-weighted AUC").
+
+    ``value``: the weighted AUC in [0, 1] (NaN when no user is used);
+    ``users_used``: users in the average; ``users_left_out``: users with
+    test samples but a NaN AUC (test set of one class).
+    """
+
     value: float
     users_used: int
     users_left_out: int  # test set of one class only
@@ -60,13 +83,21 @@ class WeightedAUC:
 
 def user_weighted_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> WeightedAUC:
     """Eq. 12: per-user AUC averaged with weights = the user's test samples;
-    users whose test samples are all one class are left out (and counted)."""
+    users whose test samples are all one class are left out (and counted).
+
+    Arguments and errors as :func:`per_user_auc` (``[S]`` per test sample).
+    """
     return weighted_user_mean(*per_user_auc(users, labels, scores))
 
 
 def weighted_user_mean(value: np.ndarray, count: np.ndarray) -> WeightedAUC:
     """The eq. 12 average of per-user values: weights = test samples; users
-    with a NaN value (one-class test set) are left out and counted."""
+    with a NaN value (one-class test set) are left out and counted.
+
+    ``value``: float ``[users]``; ``count``: int ``[users]`` test samples
+    (users with 0 are neither used nor left out). Raises nothing itself;
+    mismatched shapes fail in numpy indexing.
+    """
     present = count > 0
     used = present & np.isfinite(value)
     total = count[used].sum()
@@ -76,7 +107,14 @@ def weighted_user_mean(value: np.ndarray, count: np.ndarray) -> WeightedAUC:
 
 def change_shares(base: np.ndarray, other: np.ndarray, tolerance: float = 1e-6) -> dict[str, float]:
     """Share of users whose AUC rose / stayed (within ``tolerance``) / fell
-    from ``base`` to ``other`` (paper Fig. 3); users with NaN are ignored."""
+    from ``base`` to ``other`` (paper Fig. 3; docs/evaluation.md "Rose /
+    stayed / fell"); users with NaN are ignored.
+
+    ``base``, ``other``: float ``[users]`` per-user AUC of one seed;
+    ``tolerance``: AUC units, >= 0. Returns ``{"rose", "stayed", "fell"}``,
+    each a share in [0, 1] of the users with both values finite (all 0.0
+    when there are none). Raises nothing.
+    """
     ok = np.isfinite(base) & np.isfinite(other)
     diff = other[ok] - base[ok]
     n = max(int(ok.sum()), 1)
@@ -100,7 +138,17 @@ def paired_bootstrap(
 
     Users are resampled with replacement; one resample picks the same users
     for every column, so columns that are gains of several methods on the same
-    users stay paired. Returns ``(estimate, low, high)``, each of length K.
+    users stay paired. The interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles of the ``resamples`` resampled means,
+    drawn with ``numpy.random.default_rng(seed)``; ``max_block_elements``
+    bounds memory (resamples x users drawn at once) and does not change the
+    result.
+
+    ``values``: float ``[users, K]``; ``weights``: float ``[users]`` > 0 (test
+    samples). Returns ``(estimate, low, high)``, float64 each of length K
+    (all NaN when there are no users). Raises ``ValueError`` for other
+    shapes, non-finite values or weights, weights <= 0, ``resamples < 1`` or
+    ``confidence`` outside (0, 1).
     """
     values = np.asarray(values, dtype=np.float64)
     weights = np.asarray(weights, dtype=np.float64)
