@@ -33,13 +33,13 @@ class UsageError(ValueError):
 
 # -- the flags of each command, from the configs --------------------------------
 def _run_groups() -> list[FlagGroup]:
-    from lcft_tf.cloud.coda import ClassifierConfig
+    from lcft_tf.cloud.coda_prepare import ClassifierConfig
     from lcft_tf.cloud.export import ExportConfig
     from lcft_tf.pipeline.hard_search import HardSearchConfig
     from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.data.synthetic import SyntheticConfig
-    from lcft_tf.device.coda import CodaConfig
+    from lcft_tf.device.coda_fine_tune import CodaConfig
     from lcft_tf.fleet.config import FleetConfig
     from lcft_tf.pipeline.experiment import ExperimentConfig
 

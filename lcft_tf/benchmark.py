@@ -502,7 +502,7 @@ def run_coda_benchmark(config: CodaBenchmarkConfig, workdir: Path) -> dict[str, 
     """Retrieval for every user (seconds, peak memory), the fleet with CoDA
     vs Local alone on the same users, and the sample classifier's file size
     and step times in LiteRT, all measured in this run."""
-    from lcft_tf.cloud.coda import CLASSIFIER, prepare_coda
+    from lcft_tf.cloud.coda_prepare import CLASSIFIER, prepare_coda
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig, train_cloud

@@ -15,7 +15,7 @@ from lcft_tf.artifacts.coda_files import Retrieval
 from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve, sample_embeddings
 from lcft_tf.data.dataset import user_index
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.coda import CodaConfig, coda_fine_tune_and_predict, method_config, select_retrieved
+from lcft_tf.device.coda_fine_tune import CodaConfig, coda_fine_tune_and_predict, method_config, select_retrieved
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import auc

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from lcft_tf.checks import learning_rate
-from lcft_tf.device.coda import CodaConfig
+from lcft_tf.device.coda_fine_tune import CodaConfig
 from lcft_tf.methods import DEFAULT_METHODS, check_methods
 
 SUBMODEL_MODES = ("auto", "on", "off")

@@ -59,7 +59,7 @@ def simulate(
     (:meth:`CTRDataset.save`) and return every user's test predictions.
 
     ``users`` limits it to a ``[start, stop)`` range. CoDA methods need
-    ``coda_dir`` (:func:`lcft_tf.cloud.coda.prepare_coda`). ``executor``
+    ``coda_dir`` (:func:`lcft_tf.cloud.coda_prepare.prepare_coda`). ``executor``
     defaults to the one ``config`` names (closed afterwards). ``name`` labels
     the progress bar and the summary log line. ``chunk_task`` is the task run
     per chunk in the worker (default :func:`lcft_tf.fleet.worker.run_chunk`;
@@ -117,7 +117,7 @@ def _key(model_path: Path, dataset: CTRDataset, users: tuple[int, int], config: 
     if coda_methods:
         if coda_dir is None:
             raise ValueError(f"methods {list(coda_methods)} need the cloud's CoDA files "
-                             "(coda_dir, see lcft_tf.cloud.coda.prepare_coda)")
+                             "(coda_dir, see lcft_tf.cloud.coda_prepare.prepare_coda)")
         key["coda_files"] = digest_files(Path(coda_dir), CODA_FILES)
     submodel = None
     if worker.use_submodel(model_path, config.submodel):  # "on" without a submodel file fails here, in one line

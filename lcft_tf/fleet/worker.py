@@ -33,7 +33,7 @@ from lcft_tf.artifacts.fleet_chunks import chunk_name, encode_chunk
 from lcft_tf.artifacts.pack import PackCapacityError
 from lcft_tf.artifacts.tflite import read_metadata
 from lcft_tf.data.dataset import CTRDataset, UserView
-from lcft_tf.device.coda import coda_fine_tune_and_predict, method_config, select_retrieved
+from lcft_tf.device.coda_fine_tune import coda_fine_tune_and_predict, method_config, select_retrieved
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.device.submodel import SubmodelDevice

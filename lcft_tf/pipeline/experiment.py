@@ -36,7 +36,7 @@ import numpy as np
 
 from lcft_tf import __version__, methods
 from lcft_tf._io import atomic_write, to_json
-from lcft_tf.cloud.coda import ClassifierConfig
+from lcft_tf.cloud.coda_prepare import ClassifierConfig
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.retrieval import RetrievalConfig
 from lcft_tf.cloud.train import CloudConfig
@@ -279,7 +279,7 @@ def _build_export(ctx: _Context, stage: Stage, model: str, seed: int, fresh: boo
 
 def _build_coda(ctx: _Context, stage: Stage, model: str, seed: int, fresh: bool):
     from lcft_tf.artifacts.coda_files import FILES
-    from lcft_tf.cloud.coda import prepare_coda
+    from lcft_tf.cloud.coda_prepare import prepare_coda
 
     config = ctx.config
     cost = prepare_coda(ctx.cloud_model(run_id(model, seed), model), ctx.dataset, stage.directory, config.retrieval,
