@@ -27,7 +27,7 @@ setup(
         "faiss-cpu>=1.7",  # CoDA's cloud-side retrieval
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9", "hypothesis>=6"],
+        "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9", "hypothesis>=6", "import-linter>=2.1"],
         "ray": ["ray>=2.9"],
     },
     entry_points={"console_scripts": ["lcft-tf=lcft_tf.__main__:run"]},

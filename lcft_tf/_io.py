@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import math
 import os
 import re
 import tempfile
@@ -71,8 +73,6 @@ def sha256(data: bytes) -> str:
 
 def to_json(obj, indent: int | None = 2) -> bytes:
     """Strict JSON (NaN / inf become null, which other tools can read)."""
-    import json
-    import math
 
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
@@ -86,16 +86,32 @@ def to_json(obj, indent: int | None = 2) -> bytes:
     return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False).encode()
 
 
+def parse_safetensors(data: bytes, what: str) -> tuple[dict[str, str], dict]:
+    """``(metadata, tensors)`` of safetensors ``data``; anything unreadable
+    raises a one-line ``ValueError`` naming ``what`` it should have been."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load
+
+    try:
+        tensors = load(data)
+    except (SafetensorError, ValueError, OverflowError) as err:
+        raise ValueError(f"not a readable {what} ({err})") from None
+    n = int.from_bytes(data[:8], "little")  # the JSON header's length (safetensors format)
+    header = json.loads(data[8 : 8 + n])
+    return header.get("__metadata__") or {}, tensors
+
+
 def read_safetensors(path: str | os.PathLike, what: str) -> tuple[dict[str, str], dict]:
     """``(metadata, tensors)`` of a safetensors file; a missing file raises
     ``FileNotFoundError``, anything unreadable a one-line ``ValueError``
-    naming ``what`` it should have been."""
-    from safetensors import SafetensorError, safe_open
-
+    naming the file and ``what`` it should have been."""
     try:
-        with safe_open(str(path), framework="numpy") as f:
-            return f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: not a readable {what} ({err})") from None
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable {what} ({err.strerror})") from None
+    try:
+        return parse_safetensors(data, what)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

@@ -1,4 +1,4 @@
-"""Checks of scalar settings shared by cloud training, export and devices."""
+"""Checks of scalar settings, each rule written once (configs, export, devices, correction)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def learning_rate(value, name: str = "learning_rate") -> float:
     if not (math.isfinite(as64) and np.isfinite(as32)) or as64 < 0:
         raise ValueError(f"{name} must be finite as a float32 and >= 0, got {value!r}")
     return as64
+
+
+def in_unit_interval(value, name: str) -> float:
+    """``value`` as a float in [0, 1] (a click rate, a share, a probability);
+    raises ``ValueError`` naming ``name`` otherwise, NaN included."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for NaN
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return value

@@ -27,16 +27,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lcft_tf.checks import in_unit_interval
+
 CORRECTIONS = ("none", "soft1", "soft2", "hard")
 # Method ids of the in-model ``correct`` signature (same order as CORRECTIONS).
 CORRECTION_IDS = {name: i for i, name in enumerate(CORRECTIONS)}
-
-
-def _check_rate(name: str, value: float) -> float:
-    value = float(value)
-    if not (0.0 <= value <= 1.0):  # also rejects NaN
-        raise ValueError(f"{name} must be a click rate in [0, 1], got {value!r}")
-    return value
 
 
 def local_ctr(labels: Sequence[float] | np.ndarray) -> float:
@@ -52,7 +47,7 @@ def local_ctr(labels: Sequence[float] | np.ndarray) -> float:
 
 def soft1(local: float, global_: float) -> tuple[float, float]:
     """Soft1: scale positives down when ``w_i > w_g``, lift negatives otherwise."""
-    w_i, w_g = _check_rate("local CTR", local), _check_rate("global CTR", global_)
+    w_i, w_g = in_unit_interval(local, "local CTR"), in_unit_interval(global_, "global CTR")
     if w_i > w_g:
         return w_g / w_i, 0.0
     if w_i == w_g:
@@ -65,7 +60,7 @@ def soft2(local: float, global_: float) -> tuple[float, float]:
 
     Falls back to soft1 for one-class users (``w_i`` in {0, 1}), see module doc.
     """
-    w_i, w_g = _check_rate("local CTR", local), _check_rate("global CTR", global_)
+    w_i, w_g = in_unit_interval(local, "local CTR"), in_unit_interval(global_, "global CTR")
     if w_i in (0.0, 1.0) or w_i == w_g:
         return soft1(w_i, w_g)
     if w_i > w_g:
@@ -107,7 +102,7 @@ class HardCorrectionTable:
 
     def interval(self, local: float) -> int:
         """The interval of ``local`` (raises ``ValueError`` outside [0, 1])."""
-        return int(interval_of(self.edges, _check_rate("local CTR", local)))
+        return int(interval_of(self.edges, in_unit_interval(local, "local CTR")))
 
     def lookup(self, local: float) -> tuple[float, float]:
         j = self.interval(local)
@@ -138,7 +133,7 @@ def correction_pair(
 ) -> tuple[float, float]:
     """``(alpha, beta)`` for a user with local CTR ``local``."""
     if method == "none":
-        _check_rate("local CTR", local)
+        in_unit_interval(local, "local CTR")
         return 1.0, 0.0
     if method == "soft1":
         return soft1(local, global_)

@@ -42,11 +42,14 @@ class Retrieval:
         return row[row >= 0]
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write ``ids`` and ``scores`` as one safetensors file, atomically."""
         meta = {"format": RETRIEVAL_FORMAT, "stats": json.dumps(self.stats, default=str)}
         atomic_write(path, safetensors_bytes({"ids": self.ids, "scores": self.scores}, metadata=meta))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Retrieval":
+        """Read a file of :meth:`save`; raises ``ValueError`` (one line naming the
+        file) for another format, tensor set, dtype or shape."""
         meta, arrays = read_safetensors(path, "retrieval file")
         if meta.get("format") != RETRIEVAL_FORMAT or set(arrays) != {"ids", "scores"}:
             raise ValueError(f"{path}: not a retrieval file (format {meta.get('format')!r}, tensors {sorted(arrays)})")
@@ -66,6 +69,8 @@ class CodaInputs:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "CodaInputs":
+        """The folder's files (embeddings memory-mapped); raises
+        ``FileNotFoundError`` naming every missing file."""
         directory = Path(directory)
         missing = [f for f in FILES if not (directory / f).is_file()]
         if missing:

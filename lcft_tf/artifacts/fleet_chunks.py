@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
-from lcft_tf._io import sha256
+from lcft_tf._io import parse_safetensors, sha256
 
 MANIFEST_FORMAT = "lcft-fleet-v2"
 MANIFEST = "fleet.json"
@@ -69,9 +67,9 @@ def read_chunk(path: Path, expected_sha256: str, users: tuple[int, int]) -> dict
     if sha256(data) != expected_sha256:
         raise ChunkError(f"{path}: checksum differs from the manifest (damaged or replaced)")
     try:
-        arrays = safetensors_load(data)
-    except (SafetensorError, ValueError) as err:
-        raise ChunkError(f"{path}: not a readable chunk ({err})") from None
+        _, arrays = parse_safetensors(data, "chunk")
+    except ValueError as err:
+        raise ChunkError(f"{path}: {err}") from None
     inside = arrays.get("user")
     if inside is None or (len(inside) and not (users[0] <= inside.min() and inside.max() < users[1])):
         raise ChunkError(f"{path}: holds users outside its manifest range {list(users)}")

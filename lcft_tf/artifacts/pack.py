@@ -22,10 +22,9 @@ import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load as safetensors_load
 from safetensors.numpy import save as safetensors_bytes
 
+from lcft_tf._io import parse_safetensors
 from lcft_tf.features import FeatureSpec
 
 
@@ -69,6 +68,11 @@ def reserved_ids(spec: FeatureSpec) -> dict[str, list[int]]:
 
 @dataclasses.dataclass(frozen=True)
 class TableLayout:
+    """One embedding table in the submodel: its global ``vocab_size``, its
+    ``rows`` in the submodel (both without the OOV row), the state tensors
+    that hold its rows (weights and Adam slots) and the ids every pack keeps
+    at their own slot."""
+
     vocab_size: int
     rows: int
     state: tuple[str, ...]
@@ -86,6 +90,8 @@ class SubmodelLayout:
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "SubmodelLayout":
+        """The layout the submodel's metadata (``<name>.sub.json``) describes;
+        raises ``ValueError`` for metadata without a submodel section."""
         sub = metadata.get("submodel")
         if not sub or "tables" not in sub:
             raise ValueError("the metadata describes no submodel (no submodel.tables)")
@@ -99,6 +105,7 @@ class SubmodelLayout:
 
     @property
     def table_state(self) -> dict[str, str]:
+        """State tensor name -> its table, for every table tensor."""
         return {n: t for t, layout in self.tables.items() for n in layout.state}
 
 
@@ -164,10 +171,9 @@ class Pack:
 
     @classmethod
     def from_bytes(cls, layout: SubmodelLayout, data: bytes) -> "Pack":
-        try:
-            tensors = safetensors_load(data)
-        except (SafetensorError, ValueError) as err:
-            raise ValueError(f"not a readable pack ({err})") from None
+        """A pack of :meth:`to_bytes` for ``layout``; raises ``ValueError`` for
+        unreadable bytes or id maps of other tables."""
+        _, tensors = parse_safetensors(data, "pack")
         maps = {k[len(IDMAP_PREFIX):]: v for k, v in tensors.items() if k.startswith(IDMAP_PREFIX)}
         if set(maps) != set(layout.tables):
             raise ValueError(f"pack id maps {sorted(maps)} differ from the submodel's tables {sorted(layout.tables)}")

@@ -85,8 +85,7 @@ class ExportConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not (0.0 <= self.global_ctr <= 1.0):
-            raise ValueError(f"global_ctr must be in [0, 1], got {self.global_ctr!r}")
+        checks.in_unit_interval(self.global_ctr, "global_ctr")
         checks.learning_rate(self.learning_rate)
         if not (np.isfinite(np.float32(self.clip_norm)) and self.clip_norm > 0):
             raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")

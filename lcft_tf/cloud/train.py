@@ -27,7 +27,7 @@ import tensorflow as tf
 from lcft_tf import checks, models
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.models.base import CTRModel
-from lcft_tf.models.losses import corrected_log_loss
+from lcft_tf.models.losses import CorrectedLogLoss
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -71,18 +71,6 @@ class CloudConfig:
         ``dataclasses.replace(config, optimizer="adam")`` cannot carry SGD's
         1.0 over to Adam."""
         return DEFAULT_LEARNING_RATE[self.optimizer] if self.learning_rate is None else self.learning_rate
-
-
-@keras.saving.register_keras_serializable(package="lcft_tf")
-class CorrectedLogLoss(keras.losses.Loss):
-    """Keras face of :func:`corrected_log_loss` (the device's loss), so cloud
-    and device optimise the same objective."""
-
-    def __init__(self, name: str = "corrected_log_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-
-    def call(self, y_true, y_pred):
-        return corrected_log_loss(tf.reshape(y_pred, [-1]), tf.cast(tf.reshape(y_true, [-1]), tf.float32))
 
 
 def as_tf_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int):

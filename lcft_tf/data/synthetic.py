@@ -52,6 +52,7 @@ import time
 
 import numpy as np
 
+from lcft_tf.checks import in_unit_interval
 from lcft_tf.data.dataset import (
     CTRDataset,
     click_history_features,
@@ -132,15 +133,13 @@ class SyntheticConfig:
             raise ValueError("mean_samples_per_user must be >= min_samples_per_user")
         if self.ctr_spread < 0 or self.popularity_spread < 0:
             raise ValueError("spreads must be >= 0")
-        if not 0.0 <= self.few_sample_share <= 1.0:
-            raise ValueError(f"few_sample_share must be in [0, 1], got {self.few_sample_share}")
+        in_unit_interval(self.few_sample_share, "few_sample_share")
         lo, hi = self.few_sample_range
         if self.taste_clusters < 0:
             raise ValueError(f"taste_clusters must be >= 0, got {self.taste_clusters}")
         if not 0.0 <= self.exposure_taste < 50:
             raise ValueError(f"exposure_taste must be in [0, 50), got {self.exposure_taste}")
-        if not 0.0 <= self.taste_noise <= 1.0:
-            raise ValueError(f"taste_noise must be in [0, 1], got {self.taste_noise}")
+        in_unit_interval(self.taste_noise, "taste_noise")
         if not 2 <= lo <= hi:
             raise ValueError(f"few_sample_range must be (lo, hi) with 2 <= lo <= hi, got {self.few_sample_range}")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from lcft_tf import methods
+from lcft_tf import checks, methods
 from lcft_tf.artifacts.coda_files import USER_FEATURE
 from lcft_tf.correction import CORRECTIONS
 from lcft_tf.device.fine_tune import fine_tune_and_predict
@@ -47,8 +47,7 @@ class CodaConfig:
     def __post_init__(self) -> None:
         if self.keep not in KEEP_RULES:
             raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
-        if not 0.0 <= self.keep_value <= 1.0:
-            raise ValueError(f"keep_value must be in [0, 1], got {self.keep_value!r}")
+        checks.in_unit_interval(self.keep_value, "keep_value")
         if self.classifier_epochs < 1:
             raise ValueError(f"classifier_epochs must be >= 1, got {self.classifier_epochs}")
         if self.classifier_lr is not None and (not np.isfinite(self.classifier_lr) or self.classifier_lr < 0):

@@ -165,9 +165,7 @@ class OnDeviceModel:
             return np.zeros(0, np.float32)
         w_i = local_ctr(labels)  # also checks that raw labels are 0/1
         if local_ctr_value is not None:
-            w_i = float(local_ctr_value)
-            if not (0.0 <= w_i <= 1.0):
-                raise ValueError(f"local CTR must be in [0, 1], got {w_i!r}")
+            w_i = checks.in_unit_interval(local_ctr_value, "local CTR")
         labels = labels.astype(np.float32).reshape(-1)
         n, out = len(labels), np.empty(len(labels), np.float32)
         for start in range(0, n, self.batch_size):

@@ -7,10 +7,11 @@ from typing import Any
 
 from lcft_tf.checks import learning_rate
 from lcft_tf.device.coda_fine_tune import CodaConfig
+from lcft_tf.fleet.executors import EXECUTORS
 from lcft_tf.methods import DEFAULT_METHODS, check_methods
 
 SUBMODEL_MODES = ("auto", "on", "off")
-EXECUTOR_CHOICES = ("auto", "serial", "process", "ray")
+EXECUTOR_CHOICES = ("auto", *EXECUTORS)
 
 
 @dataclasses.dataclass(frozen=True)

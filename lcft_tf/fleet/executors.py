@@ -19,18 +19,25 @@ class Executor(Protocol):
 
     def map_unordered(
         self, initializer: Callable[..., None], initargs: tuple, fn: Callable[[Any], Any], tasks: list
-    ) -> Iterator[Any]: ...
+    ) -> Iterator[Any]:
+        """Every worker runs ``initializer(*initargs)`` once, then ``fn(task)``
+        per task; results are yielded as they finish (any order). A task's
+        exception reaches the caller."""
+        ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release what the executor started (idempotent)."""
+        ...
 
 
 class SerialExecutor:
     """Runs every task in this process (tests, debugging, one core)."""
 
     def close(self) -> None:
-        pass
+        """Nothing to release."""
 
     def map_unordered(self, initializer, initargs, fn, tasks):
+        """See :meth:`Executor.map_unordered`; results come in task order."""
         initializer(*initargs)
         for task in tasks:
             yield fn(task)
@@ -44,9 +51,11 @@ class ProcessExecutor:
         self.workers = workers or os.cpu_count() or 1
 
     def close(self) -> None:
-        pass
+        """Nothing to release: each call's pool is shut down when it ends."""
 
     def map_unordered(self, initializer, initargs, fn, tasks):
+        """See :meth:`Executor.map_unordered`; one pool per call, at most one
+        process per task; pending tasks are cancelled when one fails."""
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(self.workers, max(len(tasks), 1)),

@@ -82,6 +82,8 @@ class RayExecutor:
         self._connect()
 
     def map_unordered(self, initializer, initargs, fn, tasks) -> Iterator[Any]:
+        """See :meth:`lcft_tf.fleet.executors.Executor.map_unordered`: one actor
+        per worker (at most one per task), killed when the call ends."""
         if not tasks:
             return
         ray = self._connect()

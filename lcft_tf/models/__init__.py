@@ -7,6 +7,7 @@ from lcft_tf.models.base import CTRModel
 from lcft_tf.models.deepfm import DeepFM
 from lcft_tf.models.din import DIN
 from lcft_tf.models.edgerec import EdgeRec
+from lcft_tf.models.losses import CorrectedLogLoss  # registered for keras.models.load_model
 from lcft_tf.models.lr import LR
 from lcft_tf.models.pnn import PNN
 from lcft_tf.models.wide_deep import WideDeep
@@ -25,4 +26,4 @@ def build(name: str, spec: FeatureSpec, **kwargs) -> CTRModel:
     return REGISTRY[name](spec, name=name, **kwargs).build_from_spec()
 
 
-__all__ = ["CTRModel", "REGISTRY", "build", "LR", "WideDeep", "DeepFM", "PNN", "DIN", "EdgeRec"]
+__all__ = ["CTRModel", "CorrectedLogLoss", "REGISTRY", "build", "LR", "WideDeep", "DeepFM", "PNN", "DIN", "EdgeRec"]

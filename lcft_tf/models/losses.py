@@ -1,7 +1,13 @@
-"""The training loss shared by cloud training and the on-device ``train`` signature."""
+"""The training loss shared by cloud training and the on-device ``train`` signature.
+
+:func:`corrected_log_loss` is the loss; :class:`CorrectedLogLoss` is its
+Keras face, registered here so that ``import lcft_tf.models`` is all a saved
+cloud model needs to load (``keras.models.load_model``).
+"""
 
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
 
 # Logit bound used only for targets outside [0, 1] (see corrected_log_loss).
@@ -41,3 +47,15 @@ def corrected_log_loss(logits: tf.Tensor, targets: tf.Tensor):
 def weighted_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
     """``sum(w * x) / sum(w)``; 0 when every weight is 0 (an all-padding batch)."""
     return tf.reduce_sum(values * weights) / tf.maximum(tf.reduce_sum(weights), 1e-12)
+
+
+@keras.saving.register_keras_serializable(package="lcft_tf")
+class CorrectedLogLoss(keras.losses.Loss):
+    """Keras face of :func:`corrected_log_loss` (the device's loss), so cloud
+    and device optimise the same objective."""
+
+    def __init__(self, name: str = "corrected_log_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        return corrected_log_loss(tf.reshape(y_pred, [-1]), tf.cast(tf.reshape(y_true, [-1]), tf.float32))

@@ -56,13 +56,16 @@ class Stage:
 
     @property
     def hash(self) -> str:
+        """16 hex digits of the key's hash (:func:`lcft_tf.keys.config_hash`)."""
         return config_hash(self.key)
 
     @property
     def record_path(self) -> Path:
+        """``<directory>/stage.json``."""
         return self.directory / STAGE_FILE
 
     def record(self) -> dict[str, Any] | None:
+        """The stage record, or None when absent or unreadable (a warning says so)."""
         try:
             return json.loads(self.record_path.read_text())
         except FileNotFoundError:
@@ -89,10 +92,12 @@ class Stage:
         return True
 
     def outputs(self) -> dict[str, str]:
+        """Output file name -> sha256, as recorded."""
         record = self.record() or {}
         return record.get("outputs", {})
 
     def info(self) -> dict[str, Any]:
+        """What the build reported (timings, costs), as recorded."""
         return (self.record() or {}).get("info", {})
 
     def commit(self, outputs: Iterable[str], info: Mapping[str, Any] | None = None) -> dict[str, str]:
