@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lcft_tf.checks import check_models, positive
+
 log = logging.getLogger(__name__)
 
 
@@ -45,20 +47,6 @@ class BenchmarkConfig:
         positive("wrapper_batches", self.wrapper_batches)
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-
-
-def positive(name: str, *values: int) -> None:
-    """``ValueError`` naming the field unless every value is >= 1."""
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"{name} must be >= 1, got {list(values)}")
-
-
-def check_models(names) -> None:
-    from lcft_tf.models import REGISTRY
-
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown or not names:
-        raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")
 
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from lcft_tf import __version__
 from lcft_tf._io import atomic_write
+from lcft_tf.checks import check_models, positive
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ class BundleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from lcft_tf.benchmark import check_models, positive
-
         check_models(self.models)
         positive("num_users", self.num_users)
         positive("batch_size", self.batch_size)
