@@ -146,7 +146,10 @@ def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
 
 
 def _benchmark_groups() -> list[FlagGroup]:
-    from lcft_tf.benchmark import BenchmarkConfig, CodaBenchmarkConfig, FleetBenchmarkConfig, VocabBenchmarkConfig
+    from lcft_tf.benchmarks.coda import CodaBenchmarkConfig
+    from lcft_tf.benchmarks.fleet import FleetBenchmarkConfig
+    from lcft_tf.benchmarks.interpreter import BenchmarkConfig
+    from lcft_tf.benchmarks.vocab import VocabBenchmarkConfig
 
     return [
         FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
@@ -225,12 +228,13 @@ def benchmark_command(spec: dict) -> None:
     from pathlib import Path
 
     from lcft_tf._io import atomic_write, to_json
-    from lcft_tf.benchmark import (format_table, plot_latency, run_benchmark, run_coda_benchmark, run_fleet_benchmark,
-                                   save_json)
+    from lcft_tf.benchmarks.coda import run_coda_benchmark
+    from lcft_tf.benchmarks.fleet import run_fleet_benchmark
+    from lcft_tf.benchmarks.interpreter import format_table, plot_latency, run_benchmark, save_json
 
     interpreter, fleet, coda, vocab = spec["groups"]
     if FLAGS.suite == "vocab":
-        from lcft_tf.benchmark import format_vocab_table, run_vocab_benchmark
+        from lcft_tf.benchmarks.vocab import format_vocab_table, run_vocab_benchmark
 
         with tempfile.TemporaryDirectory() as tmp:
             result = run_vocab_benchmark(vocab.build(FLAGS), Path(tmp))

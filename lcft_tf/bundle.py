@@ -16,23 +16,33 @@ from typing import Any, Sequence
 
 from lcft_tf import __version__
 from lcft_tf._io import atomic_write
+from lcft_tf.checks import check_models, positive
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class BundleConfig:
-    models: tuple[str, ...] = ("lr", "wide_deep", "deepfm", "pnn", "din", "edgerec")
-    num_users: int = 500
-    cloud_epochs: int = 1
-    hard_users_per_group: int = 10
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    seed: int = 0
+    """What the bundle trains and exports.
+
+    Raises ``ValueError`` on construction for an unknown model, or
+    ``num_users``, ``batch_size`` or ``hard_users_per_group`` below 1.
+    """
+
+    models: tuple[str, ...] = dataclasses.field(
+        default=("lr", "wide_deep", "deepfm", "pnn", "din", "edgerec"), metadata={"help": "registry models, or 'all'."})
+    num_users: int = dataclasses.field(default=500, metadata={"help": "synthetic users the models are trained on."})
+    cloud_epochs: int = dataclasses.field(default=1, metadata={"help": "cloud training epochs."})
+    hard_users_per_group: int = dataclasses.field(
+        default=10, metadata={"help": "users sampled per CTR interval for the hard-correction grid search."})
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "static batch of the exported train signature (samples)."})
+    learning_rate: float = dataclasses.field(
+        default=0.01, metadata={"help": "on-device learning rate written into the files (and used by the hard search)."})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of the synthetic data, the cloud training and the hard search."})
 
     def __post_init__(self) -> None:
-        from lcft_tf.benchmark import check_models, positive
-
         check_models(self.models)
         positive("num_users", self.num_users)
         positive("batch_size", self.batch_size)
@@ -40,8 +50,16 @@ class BundleConfig:
 
 
 def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None) -> list[dict[str, Any]]:
-    """Write ``<model>.tflite`` + ``<model>.json`` for each model and an
-    ``index.json`` listing them with their sizes; returns the index entries."""
+    """Train each model on the synthetic default, search its hard-correction
+    table, and write ``<model>.tflite`` + ``<model>.json`` and an
+    ``index.json`` listing them into ``out_dir`` (created if missing).
+
+    Returns the index entries: ``model``, ``tflite`` and ``metadata`` (file
+    names), ``bytes`` (the ``.tflite`` size) and ``sha256`` (hex). Turns on
+    TensorFlow op determinism for the process. Raises what training or the
+    export raise (``FlexOpsError`` for a model needing Flex ops), ``OSError``
+    if ``out_dir`` cannot be written.
+    """
     import tensorflow as tf
 
     from lcft_tf.cloud.export import ExportConfig, export_tflite
@@ -85,8 +103,16 @@ def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None)
 
 
 def verify_bundle(folder: str | os.PathLike, models: Sequence[str] | None = None) -> list[str]:
-    """Load every bundled model, check it against its metadata, run one train
-    step, and restore; returns the models checked (raises on any problem)."""
+    """Load every model listed in ``folder/index.json`` (only ``models`` when
+    given), check it against its metadata, run one train step on ones
+    (``learning_rate`` 0.5, hard-corrected labels) and restore.
+
+    Returns the names of the models checked, in index order. Raises
+    ``ValueError`` for a file that does not match its metadata (sha256,
+    signatures), ``RuntimeError`` if a step changes nothing or a restore does
+    not bring the predictions back exactly, ``FileNotFoundError`` for a
+    missing file.
+    """
     import numpy as np
 
     from lcft_tf.device.model import OnDeviceModel

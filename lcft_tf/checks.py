@@ -32,3 +32,21 @@ def in_unit_interval(value, name: str) -> float:
     if not 0.0 <= value <= 1.0:  # also false for NaN
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return value
+
+
+def positive(name: str, *values: int | float) -> None:
+    """Raise ``ValueError`` naming ``name`` unless at least one value is
+    given and every value is >= 1 (counts, sizes, repeats: ints or floats)."""
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"{name} must be >= 1, got {list(values)}")
+
+
+def check_models(names) -> None:
+    """Raise ``ValueError`` unless ``names`` (a sequence of str) is non-empty
+    and every name is a model of :data:`lcft_tf.models.REGISTRY` (imported
+    here, on the first call: it brings in TensorFlow)."""
+    from lcft_tf.models import REGISTRY
+
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")

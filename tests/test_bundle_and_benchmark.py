@@ -54,7 +54,7 @@ def test_benchmark_cli_writes_table_json_and_chart(tmp_path):
 
 
 def test_latency_stats_known_answer():
-    from lcft_tf.benchmark import latency_stats
+    from lcft_tf.benchmarks.timing import latency_stats
 
     stats = latency_stats([0.004, 0.001, 0.002, 0.003, 0.010])
     assert stats["mean_ms"] == pytest.approx(4.0)

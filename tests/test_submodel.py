@@ -254,7 +254,7 @@ def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec,
 def test_vocab_benchmark_submodel_size_does_not_grow_with_the_catalogue(tmp_path):
     """The suite's own numbers (no timings asserted): the full file grows with
     the item vocabulary, the submodel file and the pack do not."""
-    from lcft_tf.benchmark import VocabBenchmarkConfig, run_vocab_benchmark
+    from lcft_tf.benchmarks.vocab import VocabBenchmarkConfig, run_vocab_benchmark
 
     config = VocabBenchmarkConfig(models=("lr",), vocab_sizes=(600, 3000), capacity=512, user_items=50, warmup=0,
                                   repeats=1, fleet_users=0, measure_memory=False, runtimes=("interpreter",))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -86,6 +86,22 @@ class OnDeviceModel:
         if key not in self._runners:
             raise ValueError(f"unknown signature {key!r}; the file has {list(self.signatures)}")
         return self._runners[key](**(inputs or {}))
+
+    def wrap_signatures(self, wrapper: Callable[[str, Callable[..., dict]], Callable[..., dict]]) -> None:
+        """Replace each signature's runner by ``wrapper(key, runner)``, for
+        instrumentation: timing the calls, or another implementation of the
+        same signature (the fleet benchmark's TF baseline).
+
+        ``key`` is the signature name (``str``); ``runner`` is called as
+        ``runner(**inputs) -> {name: np.ndarray}``, keyword arrays of the
+        signature's static shapes and dtypes, and what ``wrapper`` returns
+        must be called the same way. Every method (:meth:`run_signature`,
+        :meth:`train`, :meth:`infer`, :meth:`save`, ...) then goes through
+        the wrapped runners; nothing is undone (build a new model for the
+        bare ones). Raises whatever ``wrapper`` raises; checks made when the
+        model was loaded are not repeated.
+        """
+        self._runners = {key: wrapper(key, runner) for key, runner in self._runners.items()}
 
     # -- high-level steps -------------------------------------------------
     def infer(self, features: Mapping[str, Any]) -> np.ndarray:

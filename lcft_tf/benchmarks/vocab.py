@@ -1,0 +1,242 @@
+"""Vocabulary suite: the full model vs the per-device submodel at growing
+item vocabularies (docs/submodels.md): file size, step / infer / restore
+latency per runtime, the pack's size, and fleet users/s."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from lcft_tf.benchmarks.timing import (interleaved, interpreter_memory, latency_stats, measure_memory_field,
+                                       repeats_field, timed, warmup_field)
+from lcft_tf.checks import check_models, positive
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabBenchmarkConfig:
+    """What the vocabulary suite exports and times.
+
+    Raises ``ValueError`` on construction for an unknown model or runtime, a
+    size or repeat count below 1, ``user_items`` + 1 over ``capacity``, or a
+    negative ``warmup`` or ``fleet_users``.
+    """
+
+    models: tuple[str, ...] = dataclasses.field(default=("din", "wide_deep"), metadata={"help": "registry models."})
+    vocab_sizes: tuple[int, ...] = dataclasses.field(
+        default=(300, 20_000, 200_000, 1_000_000), metadata={"help": "item vocabularies to export and time (ids)."})
+    capacity: int = dataclasses.field(default=4096, metadata={"help": "submodel rows per table."})
+    batch_size: int = dataclasses.field(default=32, metadata={"help": "static batch of the exported files (samples)."})
+    runtimes: tuple[str, ...] = dataclasses.field(
+        default=("interpreter", "compiled"), metadata={"help": "LiteRT runtimes: interpreter and/or compiled."})
+    user_items: int = dataclasses.field(
+        default=200, metadata={"help": "distinct items in the benchmarked user's pack."})
+    warmup: int = warmup_field(3)
+    repeats: int = repeats_field(30)
+    fleet_users: int = dataclasses.field(
+        default=256, metadata={"help": "users of the fleet comparison (0: skip it); worker start-up is in its time."})
+    fleet_vocab_sizes: tuple[int, ...] = dataclasses.field(
+        default=(300, 200_000),
+        metadata={"help": "item vocabularies of the fleet comparison (the full model at 1M items takes minutes "
+                          "per 100 users)."})
+    fleet_samples_per_user: float = dataclasses.field(
+        default=40.0, metadata={"help": "mean synthetic samples per user of the fleet comparison."})
+    measure_memory: bool = measure_memory_field()
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the data and the initial weights."})
+
+    def __post_init__(self) -> None:
+        from lcft_tf.device.model import RUNTIMES
+
+        check_models(self.models)
+        positive("vocab_sizes", *self.vocab_sizes)
+        positive("capacity", self.capacity)
+        positive("batch_size", self.batch_size)
+        positive("repeats", self.repeats)
+        positive("user_items", self.user_items)
+        if self.user_items + 1 > self.capacity:
+            raise ValueError(f"user_items ({self.user_items}) + the padding row must fit capacity {self.capacity}")
+        if not self.runtimes or any(r not in RUNTIMES for r in self.runtimes):
+            raise ValueError(f"runtimes must be some of {RUNTIMES}, got {list(self.runtimes)}")
+        if self.warmup < 0 or self.fleet_users < 0:
+            raise ValueError("warmup and fleet_users must be >= 0")
+        positive("fleet_vocab_sizes", *self.fleet_vocab_sizes)
+
+
+def _vocab_user(spec, n: int, items: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` samples of one user whose item ids come from ``items``: int32
+    ids ``[n]`` / ``[n, length]``, float32 dense ``[n, dim]``."""
+    out = {}
+    for f in spec.sparse:
+        out[f.name] = (rng.choice(items, n) if f.table == "item_id" else rng.integers(1, f.vocab_size, n)).astype(np.int32)
+    for f in spec.sequences:
+        out[f.name] = rng.choice(items, (n, f.length)).astype(np.int32)
+    for f in spec.dense:
+        out[f.name] = rng.random((n, f.dim)).astype(np.float32)
+    return out
+
+
+def _variants(path: Path, metadata: dict, runtime: str, batch: dict[str, np.ndarray]) -> dict[str, tuple]:
+    """``{"full": ..., "submodel": ...}`` (the submodel only when the export
+    wrote one), each ``(device, feed, restore, pack_bytes)``: the model, the
+    batch as it takes it, one user's restore and the pack's size (bytes;
+    None for the full model)."""
+    from lcft_tf.artifacts.pack import make_pack
+    from lcft_tf.device.model import OnDeviceModel
+    from lcft_tf.device.submodel import SubmodelDevice
+
+    full = OnDeviceModel(path, runtime=runtime)
+    state = full.save()
+    variants = {"full": (full, batch, lambda: full.restore(state), None)}
+    if metadata["submodel"]:
+        sub = SubmodelDevice(path, state, runtime=runtime)
+        pack = sub.pack(batch)
+        # a user's restore = cutting the pack from the global state + restoring it
+        restore = lambda: sub.device.restore(make_pack(sub.layout, sub.global_state, batch).state)
+        variants["submodel"] = (sub.device, pack.remap(batch), restore, len(pack.to_bytes()))
+    return variants
+
+
+def _step_times(device, feed: dict[str, np.ndarray], restore: Callable[[], None], train_extra: dict,
+                config: VocabBenchmarkConfig) -> dict[str, float]:
+    """Median times (``<step>_ms``) of train and infer at the static batch,
+    infer_one on the first row, and one user's restore."""
+    one = {k: v[:1] for k, v in feed.items()}
+    fns = {
+        "train": lambda: device.run_signature("train", {**feed, **train_extra}),
+        "infer": lambda: device.run_signature("infer", feed),
+        "infer_one": lambda: device.run_signature("infer_one", one),
+        "restore": restore,
+    }
+    times = interleaved(fns, config.warmup, config.repeats)
+    return {f"{k}_ms": latency_stats(v)["p50_ms"] for k, v in times.items()}
+
+
+def benchmark_vocab(name: str, vocab: int, config: VocabBenchmarkConfig, workdir: Path) -> list[dict]:
+    """Rows for one model at one item vocabulary: the full model and the
+    submodel, per runtime. A row has ``model``, ``vocab``, ``variant``
+    (full / submodel), ``runtime``, ``file_mib``, ``conversion_s``,
+    ``pack_kib`` (None for the full model), the median ``train_ms``,
+    ``infer_ms`` (batch B), ``infer_one_ms`` and per-user ``restore_ms``, and
+    with ``measure_memory`` under the interpreter ``rss_mb`` (MiB)."""
+    from lcft_tf import models
+    from lcft_tf.artifacts.tflite import submodel_path
+    from lcft_tf.cloud.export import ExportConfig, export_tflite
+    from lcft_tf.data.synthetic import SyntheticConfig, synthetic_spec
+
+    spec = synthetic_spec(SyntheticConfig(num_items=vocab, seed=config.seed))
+    path = workdir / f"{name}_{vocab}.tflite"
+    export = ExportConfig(batch_size=config.batch_size, submodel_capacity=config.capacity)
+    metadata, conversion = timed(export_tflite, models.build(name, spec, seed=config.seed), path, export)
+    rng = np.random.default_rng(config.seed)
+    items = rng.choice(np.arange(1, spec["item_id"].vocab_size), min(config.user_items, vocab), replace=False)
+    batch = _vocab_user(spec, config.batch_size, items, rng)
+    labels = (rng.random(config.batch_size) < 0.5).astype(np.float32)
+    train_extra = {"label": labels, "sample_weight": np.ones(config.batch_size, np.float32),
+                   "learning_rate": np.float32(0.01)}
+    rows = []
+    for runtime in config.runtimes:
+        for variant, (device, feed, restore, pack_bytes) in _variants(path, metadata, runtime, batch).items():
+            file = submodel_path(path) if variant == "submodel" else path
+            row = {"model": name, "vocab": vocab, "variant": variant, "runtime": runtime,
+                   "file_mib": file.stat().st_size / 2**20, "conversion_s": conversion,
+                   "pack_kib": None if pack_bytes is None else pack_bytes / 1024,
+                   **_step_times(device, feed, restore, train_extra, config)}
+            if config.measure_memory and runtime == "interpreter":
+                meta = json.loads(file.with_suffix(".json").read_text())
+                row["rss_mb"] = interpreter_memory(file, 1, meta)["interpreter_rss_mb"]
+            rows.append(row)
+    return rows
+
+
+def vocab_fleet(name: str, vocab: int, config: VocabBenchmarkConfig, workdir: Path) -> dict[str, Any]:
+    """Fleet users/s at one vocabulary with the full model and with submodels
+    (an untrained model: the timing does not depend on the weights), one
+    serial worker, methods cloud and local. Returns ``model``, ``vocab``,
+    ``users_per_s_full``, ``users_per_s_submodel`` and the fleet's submodel
+    stats per mode (``submodel_stats_off`` / ``submodel_stats_auto``)."""
+    from lcft_tf import models
+    from lcft_tf.cloud.export import ExportConfig, export_tflite
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+    from lcft_tf.fleet.config import FleetConfig
+    from lcft_tf.fleet.executors import SerialExecutor
+    from lcft_tf.fleet.simulate import simulate
+
+    data = generate(SyntheticConfig(num_users=config.fleet_users, num_items=vocab, seed=config.seed,
+                                    mean_samples_per_user=config.fleet_samples_per_user))
+    data.save(workdir / f"data_{vocab}")
+    path = workdir / f"fleet_{name}_{vocab}.tflite"
+    export_tflite(models.build(name, data.spec, seed=config.seed), path,
+                  ExportConfig(batch_size=config.batch_size, global_ctr=data.global_ctr, submodel_capacity=config.capacity))
+    out = {"model": name, "vocab": vocab}
+    for mode in ("off", "auto"):
+        fleet = simulate(path, workdir / f"data_{vocab}", workdir / f"fleet_{name}_{vocab}_{mode}",
+                         FleetConfig(methods=("cloud", "local"), workers=1, submodel=mode), executor=SerialExecutor())
+        out[f"users_per_s_{'full' if mode == 'off' else 'submodel'}"] = fleet.stats["users_per_second"]
+        out[f"submodel_stats_{mode}"] = fleet.stats["submodel"]
+    return out
+
+
+def run_vocab_benchmark(config: VocabBenchmarkConfig, workdir: Path) -> dict[str, Any]:
+    """Every model at every vocabulary (:func:`benchmark_vocab`) and, unless
+    ``fleet_users`` is 0, at every fleet vocabulary (:func:`vocab_fleet`);
+    files under ``workdir``. Returns ``{"config", "rows", "fleet", "goals"}``
+    (:func:`vocab_goals`)."""
+    rows, fleets = [], []
+    for name in config.models:
+        for vocab in config.vocab_sizes:
+            log.info("vocab benchmark: %s at %d items", name, vocab)
+            rows += benchmark_vocab(name, vocab, config, workdir)
+        for vocab in config.fleet_vocab_sizes if config.fleet_users else ():
+            fleets.append(vocab_fleet(name, vocab, config, workdir))
+    return {"config": dataclasses.asdict(config), "rows": rows, "fleet": fleets, "goals": vocab_goals(rows, fleets)}
+
+
+def vocab_goals(rows: list[dict], fleets: list[dict]) -> dict[str, Any]:
+    """The issue's targets as measured ratios (no pass/fail: timings are
+    machine-dependent): submodel step at the largest vocabulary over the full
+    step at the smallest, the slowest per-user submodel restore (ms), and
+    fleet users/s of submodels over the full model and over the smallest
+    vocabulary. Keys ``<model>/<runtime>`` and ``<model>/fleet``."""
+    out: dict[str, Any] = {}
+    pick = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    for model in sorted({r["model"] for r in rows}):
+        for runtime in sorted({r["runtime"] for r in rows}):
+            vocabs = sorted({r["vocab"] for r in pick(model=model, runtime=runtime)})
+            small = pick(model=model, runtime=runtime, vocab=vocabs[0], variant="full")
+            big = pick(model=model, runtime=runtime, vocab=vocabs[-1], variant="submodel")
+            subs = pick(model=model, runtime=runtime, variant="submodel")
+            out[f"{model}/{runtime}"] = {
+                f"submodel_step_at_{vocabs[-1]}_over_full_step_at_{vocabs[0]}":
+                    big[0]["train_ms"] / small[0]["train_ms"] if big and small else None,
+                "max_submodel_restore_ms": max((r["restore_ms"] for r in subs), default=None),
+            }
+        runs = sorted((f for f in fleets if f["model"] == model), key=lambda f: f["vocab"])
+        if len(runs) > 1:
+            base = runs[0]["users_per_s_full"]
+            out[f"{model}/fleet"] = {
+                f"at_{f['vocab']}": {"submodel_over_full": f["users_per_s_submodel"] / f["users_per_s_full"],
+                                     f"submodel_over_full_at_{runs[0]['vocab']}": f["users_per_s_submodel"] / base}
+                for f in runs[1:]
+            }
+    return out
+
+
+def format_vocab_table(result: dict[str, Any]) -> str:
+    """:func:`run_vocab_benchmark`'s result as text: a ``|``-separated row
+    per file variant (MiB, KiB, ms; ``-`` where absent), a line per fleet
+    comparison, and the goals as JSON."""
+    cols = ("model", "vocab", "variant", "runtime", "file_mib", "pack_kib", "train_ms", "infer_ms", "infer_one_ms",
+            "restore_ms", "rss_mb")
+    fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = [" | ".join(cols)] + [" | ".join(fmt(r.get(c)) for c in cols) for r in result["rows"]]
+    for f in result["fleet"]:
+        lines.append(f"fleet {f['model']} {f['vocab']}: users/s full {fmt(f['users_per_s_full'])}, "
+                     f"submodel {fmt(f['users_per_s_submodel'])}")
+    lines.append("goals: " + json.dumps(result["goals"], indent=1))
+    return "\n".join(lines)
