@@ -64,21 +64,35 @@ class FlexOpsError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """How the on-device training step is compiled into the file."""
+    """How the on-device training step is compiled into the file (module
+    docstring; docs/tflite_training.md, docs/loss_and_correction.md).
 
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    learning_rate: float = 0.01  # default fed to ``train`` by the device wrapper
-    global_ctr: float = 0.5
-    hard_table: HardCorrectionTable | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-7
-    # Global gradient-norm clip of every step (docs/loss_and_correction.md).
-    clip_norm: float = CLIP_NORM
-    # Rows per embedding table of the per-device submodel written beside the
-    # file when a table is larger (0: never); docs/submodels.md.
-    submodel_capacity: int = 4096
+    Raises ``ValueError`` on construction for ``batch_size < 1``, an unknown
+    optimizer, ``global_ctr`` outside [0, 1], a learning rate that is not
+    finite and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`), a
+    ``clip_norm`` that is not finite and > 0 as a float32, or a negative
+    ``submodel_capacity``.
+    """
+
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "static batch of the exported train signature (rows per step)"})
+    optimizer: str = dataclasses.field(
+        default="sgd", metadata={"help": "on-device optimizer compiled into the file: sgd or adam"})
+    learning_rate: float = dataclasses.field(
+        default=0.01, metadata={"help": "learning rate the device wrapper feeds to train unless told another"})
+    global_ctr: float = dataclasses.field(
+        default=0.5, metadata={"help": "global click rate w_g in [0, 1] the correct signature uses (the dataset's)"})
+    hard_table: HardCorrectionTable | None = dataclasses.field(
+        default=None, metadata={"help": "hard-correction table shipped in the file; unset: hard is invalid there"})
+    adam_beta1: float = dataclasses.field(default=0.9, metadata={"help": "Adam's first-moment decay (adam only)"})
+    adam_beta2: float = dataclasses.field(default=0.999, metadata={"help": "Adam's second-moment decay (adam only)"})
+    adam_epsilon: float = dataclasses.field(
+        default=1e-7, metadata={"help": "Adam's denominator epsilon (adam only; Keras' default)"})
+    clip_norm: float = dataclasses.field(
+        default=CLIP_NORM, metadata={"help": "global gradient-norm clip of every step (docs/loss_and_correction.md)"})
+    submodel_capacity: int = dataclasses.field(
+        default=4096, metadata={"help": "rows per embedding table of the per-device submodel written beside the "
+                                        "file when a table is larger; 0: never (docs/submodels.md)"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
