@@ -158,6 +158,7 @@ class _HelpFlag(flags.BooleanFlag):
         self._write = write
 
     def parse(self, argument: Any) -> None:
+        """Parse like a boolean flag; when true, write the help and exit 1."""
         super().parse(argument)
         if self.value:
             self._write(sys.stdout)

@@ -164,6 +164,9 @@ class TrainableModule(tf.Module):
         return signature_table(self.config.batch_size, features, state)
 
     def feature_specs(self, batch_size: int | None = None) -> dict[str, tf.TensorSpec]:
+        """``tf.TensorSpec`` of every feature at ``batch_size`` rows (default
+        the config's static batch): int32 ``[B]`` / ``[B, L]`` ids, float32
+        ``[B, dim]`` dense vectors (:class:`lcft_tf.features.FeatureSpec`)."""
         b = batch_size or self.config.batch_size
         return {
             n: tf.TensorSpec([b, *self.spec.shape(n)[1:]], tf.as_dtype(self.spec.dtype(n)), name=n)
@@ -177,6 +180,13 @@ class TrainableModule(tf.Module):
 
     # -- the computations -------------------------------------------------
     def train(self, **inputs) -> dict[str, tf.Tensor]:
+        """One optimizer step on a static batch (module docstring): features,
+        float32 ``label`` / ``sample_weight`` ``[B]`` and scalar
+        ``learning_rate`` in; float32 ``loss`` and ``grad_norm`` (before the
+        clip) and int32 ``applied`` (0: a non-finite step, state unchanged)
+        out. SGD, or Adam with Keras's epsilon placement (Kingma & Ba 2015,
+        Algorithm 1 and the note after it); clip and rollback:
+        docs/loss_and_correction.md."""
         features = {n: inputs[n] for n in self.spec.names}
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
@@ -214,12 +224,18 @@ class TrainableModule(tf.Module):
         return out
 
     def infer(self, **features) -> dict[str, tf.Tensor]:
+        """``probability``, float32 ``[B]``: the sigmoid of the model's logits
+        (the ``infer`` and ``infer_one`` signatures)."""
         return {"probability": tf.sigmoid(self.model(features, training=False))}  # infer and infer_one
 
     def save(self) -> dict[str, tf.Tensor]:
+        """Every state variable (weights, optimizer slots, Adam's step) by its
+        state name, in the dtype and shape it has."""
         return {n: tf.identity(v.read_value()) for n, v in zip(self.state_names, self._state)}
 
     def restore(self, **tensors) -> dict[str, tf.Tensor]:
+        """Assign every state variable from ``tensors`` (as :meth:`save`
+        returns them); int32 ``num_restored`` out."""
         for n, v in zip(self.state_names, self._state):
             v.assign(tensors[n])
         return {"num_restored": tf.constant(len(self._state), tf.int32)}

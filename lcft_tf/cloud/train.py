@@ -100,10 +100,15 @@ class CorrectedLogLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
+        """Per-sample loss, float32 ``[B]``, of logits ``y_pred`` against
+        (possibly corrected) targets ``y_true``."""
         return corrected_log_loss(tf.reshape(y_pred, [-1]), tf.cast(tf.reshape(y_true, [-1]), tf.float32))
 
 
 def as_tf_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    """A batched ``tf.data.Dataset`` of ``(features, float32 labels)``,
+    reshuffled every epoch with ``seed`` (buffer: up to 100,000 rows) when
+    ``shuffle``."""
     data = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.float32)))
     if shuffle:
         data = data.shuffle(min(len(labels), 100_000), seed=seed, reshuffle_each_iteration=True)

@@ -91,6 +91,11 @@ def method_config(method: str, base: CodaConfig | None = None, **overrides: Any)
 
 @dataclasses.dataclass
 class CodaResult:
+    """One user's CoDA outcome: float32 ``predictions`` ``[num_test]`` (click
+    probabilities), the number of ``kept`` retrieved samples, and the
+    classifier's local-likeness ``probabilities`` ``[K]`` of the retrieved
+    samples (None when no classifier ran)."""
+
     predictions: np.ndarray  # [num_test] click probabilities
     kept: int  # retrieved samples used for fine-tuning
     probabilities: np.ndarray | None  # [K] classifier's local-likeness of each retrieved sample
