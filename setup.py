@@ -30,5 +30,5 @@ setup(
         "test": ["pytest>=7", "scikit-learn>=1.3", "nbclient>=0.7", "nbformat>=5", "ipykernel>=6", "ray>=2.9", "hypothesis>=6", "import-linter>=2.1"],
         "ray": ["ray>=2.9"],
     },
-    entry_points={"console_scripts": ["lcft-tf=lcft_tf.__main__:run"]},
+    entry_points={"console_scripts": ["lcft-tf=lcft_tf.__main__:cli_main"]},
 )

@@ -14,125 +14,127 @@ status 130 and a line saying how to resume.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from typing import Any, Callable
 
 from absl import app, flags
 
-from lcft_tf.cli_flags import FlagGroup
+from lcft_tf.cli_flags import FlagGroup, define_flag, help_flags
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "benchmark", "bundle")
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+_MAIN_MODULE = "lcft_tf.__main__"  # help group of the flags no config owns
 
 
 class UsageError(ValueError):
     """A command-line value that no config accepts."""
 
 
+@dataclasses.dataclass
+class CommandSetup:
+    """What :func:`define_flags` made for one command.
+
+    ``flag_values`` holds only this command's flags (also appended to the
+    global ``FLAGS``, which parses them); ``groups`` maps a config's short
+    name to its :class:`FlagGroup`; ``data_flag_names`` (``run`` only) maps
+    dataset -> loader option -> flag name; ``resume_hint`` is set once the
+    experiment's run name is known, for the Ctrl-C message.
+    """
+
+    command: str
+    flag_values: flags.FlagValues
+    groups: dict[str, FlagGroup]
+    data_flag_names: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    resume_hint: str | None = None
+
+
 # -- the flags of each command, from the configs --------------------------------
-def _run_groups() -> list[FlagGroup]:
+def _experiment_groups() -> dict[str, FlagGroup]:
+    """The ``run`` command's flag groups, one per config, keyed by the
+    :class:`~lcft_tf.pipeline.experiment.ExperimentConfig` field they build."""
     from lcft_tf.cloud.coda_prepare import ClassifierConfig
     from lcft_tf.cloud.export import ExportConfig
-    from lcft_tf.pipeline.hard_search import HardSearchConfig
     from lcft_tf.cloud.retrieval import RetrievalConfig
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.data.synthetic import SyntheticConfig
     from lcft_tf.device.coda_fine_tune import CodaConfig
     from lcft_tf.fleet.config import FleetConfig
     from lcft_tf.pipeline.experiment import ExperimentConfig
+    from lcft_tf.pipeline.hard_search import HardSearchConfig
 
-    return [
-        FlagGroup(ExperimentConfig, help={
-            "dataset": "synthetic, movielens or amazon.",
-            "data_dir": "folder with the raw files of a real dataset (nothing is downloaded).",
-            "cache_dir": "where prepared real datasets are cached (default ~/.cache/lcft_tf).",
-            "max_users": "use a seeded random sample of this many users.",
-            "models": "registry models, or 'all'.",
-            "methods": "methods to compare (cloud is required: gains are measured against it).",
-            "seeds": "cloud-training seeds; tables report mean ± std over them.",
-            "output_dir": "where runs/<name>/ goes.",
-            "name": "run name (default: the dataset, plus the raw files' folder name).",
-            "resume": "continue the run in runs/<name>/: reuse finished stages whose config hash matches.",
-            "overwrite": "replace the run in runs/<name>/.",
-        }),
-        FlagGroup(SyntheticConfig, prefix="synthetic_",
-                  rename={"num_users": "num_users", "num_items": "num_items", "seed": "data_seed",
-                          "mean_samples_per_user": "samples_per_user"},
-                  help={"num_users": "synthetic users.", "num_items": "synthetic items.",
-                        "mean_samples_per_user": "mean synthetic samples per user.",
-                        "seed": "seed of the synthetic data (and of --max_users' sample)."}),
-        FlagGroup(CloudConfig, prefix="cloud_", rename={"learning_rate": "cloud_lr"}, exclude=("seed",),
-                  help={"learning_rate": "cloud learning rate (default: adam 1e-3, sgd 1.0; decayed by "
-                                         "--cloud_decay_per_epoch each epoch).",
-                        "optimizer": "cloud optimizer: adam (default) or sgd (the paper's, with lr 1.0)."}),
-        FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers",
-                                                         "executor": "executor", "ray_address": "ray_address"},
-                  exclude=("methods",),
-                  help={"learning_rate": "on-device fine-tuning learning rate (paper 0.01; 0.1 shows more).",
-                        "workers": "fleet and hard-search workers (0: one per core; under Ray, the cluster's CPUs).",
-                        "executor": "where the fleet and hard search run: auto (serial for one worker, else a "
-                                    "process pool), serial, process or ray (docs/scaling.md).",
-                        "ray_address": "Ray cluster to join (auto, ray://host:10001); unset: start a local Ray."}),
-        FlagGroup(ExportConfig, prefix="device_", exclude=("learning_rate", "global_ctr", "hard_table"),
-                  help={"batch_size": "static batch of the exported train signature.",
-                        "optimizer": "on-device optimizer compiled into the file: sgd or adam."}),
-        FlagGroup(HardSearchConfig, prefix="hard_", exclude=("seed",),
-                  help={"edges": "local-CTR interval edges of the hard table.",
-                        "users_per_group": "users sampled per CTR interval for the hard grid search."}),
-        FlagGroup(RetrievalConfig, prefix="retrieval_", exclude=("seed",),
-                  help={"k": "CoDA: samples the cloud retrieves per user.",
-                        "index": "CoDA: faiss index, flat (exact), ivf or hnsw.",
-                        "pool_size": "CoDA: a seeded subsample of the train samples to retrieve from (default all)."}),
-        FlagGroup(ClassifierConfig, prefix="classifier_"),
-        FlagGroup(CodaConfig, prefix="coda_", exclude=("use_classifier", "correction"),
-                  help={"keep": "CoDA: keep retrieved samples by 'threshold' or top 'fraction'.",
-                        "keep_value": "CoDA: the probability threshold, or the kept fraction."}),
-    ]
+    return {
+        "experiment": FlagGroup(ExperimentConfig),
+        "synthetic": FlagGroup(SyntheticConfig, prefix="synthetic_",
+                               rename={"num_users": "num_users", "num_items": "num_items", "seed": "data_seed",
+                                       "mean_samples_per_user": "samples_per_user"}),
+        "cloud": FlagGroup(CloudConfig, prefix="cloud_", rename={"learning_rate": "cloud_lr"}, exclude=("seed",)),
+        "fleet": FlagGroup(FleetConfig, prefix="device_", rename={"learning_rate": "device_lr", "workers": "workers",
+                                                                  "executor": "executor",
+                                                                  "ray_address": "ray_address"},
+                           exclude=("methods",)),
+        "export": FlagGroup(ExportConfig, prefix="device_", exclude=("learning_rate", "global_ctr", "hard_table")),
+        "hard": FlagGroup(HardSearchConfig, prefix="hard_", exclude=("seed",)),
+        "retrieval": FlagGroup(RetrievalConfig, prefix="retrieval_", exclude=("seed",)),
+        "classifier": FlagGroup(ClassifierConfig, prefix="classifier_"),
+        "coda": FlagGroup(CodaConfig, prefix="coda_", exclude=("use_classifier", "correction")),
+    }
 
 
 def _data_groups() -> dict[str, FlagGroup]:
+    """The real datasets' loader options, keyed by ``--dataset`` value."""
     from lcft_tf.data.amazon import AmazonOptions
     from lcft_tf.data.movielens import MovieLensOptions
 
     return {"movielens": FlagGroup(MovieLensOptions), "amazon": FlagGroup(AmazonOptions)}
 
 
-def _define_data_flags() -> dict[str, dict[str, str]]:
+def _define_data_flags(flag_values: flags.FlagValues) -> dict[str, dict[str, str]]:
     """One flag per loader option (default None: the loader's own default
     applies unless the flag is given). Options both loaders share keep their
-    name; the others are prefixed with their dataset. Returns dataset ->
+    name and are listed under ``lcft_tf.data``; the others are prefixed with
+    their dataset and listed under their options class. Returns dataset ->
     field -> flag name."""
     groups = _data_groups()
-    fields = {d: {f: (kind, default) for f, _, kind, default in g.fields()} for d, g in groups.items()}
+    fields = {dataset: {f.field: f for f in group.fields()} for dataset, group in groups.items()}
     names: dict[str, dict[str, str]] = {}
     defined: set[str] = set()
     for dataset, own in fields.items():
         names[dataset] = {}
-        for field, (kind, default) in own.items():
+        for field, f in own.items():
             shared = all(field in other for other in fields.values())
             name = field if shared else f"{dataset}_{field}"
             names[dataset][field] = name
             if name in defined:
                 continue
             defined.add(name)
-            text = f"{'' if shared else dataset + ' '}loader option {field} (default {default!r})"
-            if isinstance(kind, tuple):
-                flags.DEFINE_list(name, None, text)
-            elif kind is bool:
-                flags.DEFINE_bool(name, None, text)
-            elif kind is int:
-                flags.DEFINE_integer(name, None, text)
-            elif kind is float:
-                flags.DEFINE_float(name, None, text)
+            if shared:
+                text = _shared_loader_help({d: other[field] for d, other in fields.items()})
+                module = "lcft_tf.data (options of every real dataset)"
             else:
-                flags.DEFINE_string(name, None, text)
+                text, module = f"{f.help} (default {f.default!r})", groups[dataset].label
+            define_flag(flag_values, name, f.kind, None, text, module)
     return names
 
 
+def _shared_loader_help(per_dataset: dict[str, Any]) -> str:
+    """One help text for an option several loaders share: its help once if
+    they agree, else each dataset's, with each dataset's default."""
+    texts = {f.help for f in per_dataset.values()}
+    defaults = {repr(f.default) for f in per_dataset.values()}
+    default = (f"default {defaults.pop()}" if len(defaults) == 1
+               else "default " + ", ".join(f"{d} {f.default!r}" for d, f in per_dataset.items()))
+    if len(texts) == 1:
+        return f"{texts.pop()} ({default})"
+    return "; ".join(f"{d}: {f.help} (default {f.default!r})" for d, f in per_dataset.items())
+
+
 def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
-    """The loader options the user gave, for the chosen dataset only."""
+    """The loader options the user gave, for the chosen dataset only; raises
+    :class:`UsageError` for an option of another dataset."""
     options = {}
     for other, fields in names.items():
         for field, name in fields.items():
@@ -145,84 +147,101 @@ def _data_options(dataset: str, names: dict[str, dict[str, str]]) -> dict:
     return options
 
 
-def _benchmark_groups() -> list[FlagGroup]:
+def _benchmark_groups() -> dict[str, FlagGroup]:
+    """The ``benchmark`` command's flag groups, keyed by ``--suite``."""
     from lcft_tf.benchmarks.coda import CodaBenchmarkConfig
     from lcft_tf.benchmarks.fleet import FleetBenchmarkConfig
     from lcft_tf.benchmarks.interpreter import BenchmarkConfig
     from lcft_tf.benchmarks.vocab import VocabBenchmarkConfig
 
-    return [
-        FlagGroup(BenchmarkConfig, help={"models": "registry models, or 'all'.",
-                                         "batch_sizes": "static batch sizes to export and time.",
-                                         "threads": "interpreter thread counts."}),
-        FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
-        FlagGroup(CodaBenchmarkConfig, prefix="coda_"),
-        FlagGroup(VocabBenchmarkConfig, prefix="vocab_"),
-    ]
+    return {
+        "interpreter": FlagGroup(BenchmarkConfig),
+        "fleet": FlagGroup(FleetBenchmarkConfig, prefix="fleet_"),
+        "coda": FlagGroup(CodaBenchmarkConfig, prefix="coda_"),
+        "vocab": FlagGroup(VocabBenchmarkConfig, prefix="vocab_"),
+    }
 
 
-def _bundle_groups() -> list[FlagGroup]:
+def _bundle_groups() -> dict[str, FlagGroup]:
+    """The ``bundle`` command's one flag group."""
     from lcft_tf.bundle import BundleConfig
 
-    return [FlagGroup(BundleConfig, help={"models": "registry models, or 'all'."})]
+    return {"bundle": FlagGroup(BundleConfig)}
 
 
-def define_flags(command: str) -> dict:
-    """Define ``command``'s flags on the global FLAGS; returns what building its configs needs."""
-    flags.DEFINE_bool("tf_logs", False, "show TensorFlow's C++ start-up and runtime log lines.")
+def define_flags(command: str) -> CommandSetup:
+    """Define ``command``'s flags (``run``, ``benchmark`` or ``bundle``) on a
+    fresh ``FlagValues`` with help flags that list only them, then append
+    them to the global ``FLAGS`` (after absl's help flags, which ours
+    replace) so that ``absl.app.run`` parses them with absl's and
+    TensorFlow's flags. Raises ``absl.flags.DuplicateFlagError`` if called
+    twice in one process."""
+    flag_values = flags.FlagValues()
+    define_flag(flag_values, "tf_logs", bool, False, "show TensorFlow's C++ start-up and runtime log lines.",
+                _MAIN_MODULE)
     if command == "run":
-        groups = _run_groups()
-        for g in groups:
-            g.define(FLAGS)
-        return {"groups": groups, "data": _define_data_flags()}
-    if command == "benchmark":
+        groups = _experiment_groups()
+    elif command == "benchmark":
         flags.DEFINE_enum("suite", "interpreter", ["interpreter", "fleet", "coda", "vocab"],
                           "'interpreter' (per-signature latency), 'fleet' (ML-20M-scale fleet + naive baseline), "
                           "'coda' (retrieval, CoDA fleet vs Local, the sample classifier) or 'vocab' (full model vs "
-                          "per-device submodel at growing vocabularies).")
-        flags.DEFINE_string("json", None, "also write the results as JSON here.")
-        flags.DEFINE_string("plot", None, "also draw latency vs batch size to this PNG (interpreter suite).")
+                          "per-device submodel at growing vocabularies).",
+                          flag_values=flag_values, module_name=_MAIN_MODULE)
+        define_flag(flag_values, "json", str, None, "also write the results as JSON here.", _MAIN_MODULE)
+        define_flag(flag_values, "plot", str, None, "also draw latency vs batch size to this PNG (interpreter suite).",
+                    _MAIN_MODULE)
         groups = _benchmark_groups()
-        for g in groups:
-            g.define(FLAGS)
-        return {"groups": groups}
-    flags.DEFINE_string("out", "tflite_models", "folder to (re)write the ready models into.")
-    groups = _bundle_groups()
-    for g in groups:
-        g.define(FLAGS)
-    return {"groups": groups}
+    else:
+        define_flag(flag_values, "out", str, "tflite_models", "folder to (re)write the ready models into.",
+                    _MAIN_MODULE)
+        groups = _bundle_groups()
+    for group in groups.values():
+        group.define(flag_values)
+    setup = CommandSetup(command, flag_values, groups)
+    if command == "run":
+        setup.data_flag_names = _define_data_flags(flag_values)
+    help_flags(sys.modules[__name__].__doc__ or "", flag_values)
+    app.define_help_flags()  # absl's first, so that ours replace them on FLAGS
+    FLAGS.append_flag_values(flag_values)
+    return setup
 
 
 def _all_models(names) -> tuple[str, ...]:
+    """``names`` as a tuple, or every registry model for ``("all",)``."""
     from lcft_tf.models import REGISTRY
 
     return tuple(REGISTRY) if tuple(names) == ("all",) else tuple(names)
 
 
 # -- commands --------------------------------------------------------------------
-def run_command(spec: dict) -> None:
+def experiment_command(setup: CommandSetup) -> None:
+    """``run``: build the :class:`~lcft_tf.pipeline.experiment.ExperimentConfig`
+    from the flags, run it and print its table. Raises ``ValueError`` (a
+    config's validation, :class:`UsageError`) for bad flags."""
     from lcft_tf.pipeline.experiment import run_experiment
 
-    experiment, synthetic, cloud, fleet, export, hard, retrieval, classifier, coda = spec["groups"]
-    config = experiment.build(
+    groups = setup.groups
+    config = groups["experiment"].build(
         FLAGS,
         models=_all_models(FLAGS.models),
-        data_options=_data_options(FLAGS.dataset, spec["data"]),
-        synthetic=synthetic.build(FLAGS),
-        cloud=cloud.build(FLAGS),
-        fleet=fleet.build(FLAGS, coda=coda.build(FLAGS)),
-        export=export.build(FLAGS),
-        hard=hard.build(FLAGS),
-        retrieval=retrieval.build(FLAGS),
-        classifier=classifier.build(FLAGS),
+        data_options=_data_options(FLAGS.dataset, setup.data_flag_names),
+        synthetic=groups["synthetic"].build(FLAGS),
+        cloud=groups["cloud"].build(FLAGS),
+        fleet=groups["fleet"].build(FLAGS, coda=groups["coda"].build(FLAGS)),
+        export=groups["export"].build(FLAGS),
+        hard=groups["hard"].build(FLAGS),
+        retrieval=groups["retrieval"].build(FLAGS),
+        classifier=groups["classifier"].build(FLAGS),
     )
-    spec["resume_hint"] = f"python -m lcft_tf run --resume --name {config.run_name} (with the same flags)"
+    setup.resume_hint = f"python -m lcft_tf run --resume --name {config.run_name} (with the same flags)"
     results = run_experiment(config)
     print(results["table"])
     print(f"\nwrote {config.output_dir}/{config.run_name}/ (results.json, report.md, figures)")
 
 
-def benchmark_command(spec: dict) -> None:
+def benchmark_command(setup: CommandSetup) -> None:
+    """``benchmark``: run the ``--suite`` the flags name and print (and with
+    ``--json`` / ``--plot`` write) its results."""
     import json
     import tempfile
     from pathlib import Path
@@ -232,26 +251,26 @@ def benchmark_command(spec: dict) -> None:
     from lcft_tf.benchmarks.fleet import run_fleet_benchmark
     from lcft_tf.benchmarks.interpreter import format_table, plot_latency, run_benchmark, save_json
 
-    interpreter, fleet, coda, vocab = spec["groups"]
+    groups = setup.groups
     if FLAGS.suite == "vocab":
         from lcft_tf.benchmarks.vocab import format_vocab_table, run_vocab_benchmark
 
         with tempfile.TemporaryDirectory() as tmp:
-            result = run_vocab_benchmark(vocab.build(FLAGS), Path(tmp))
+            result = run_vocab_benchmark(groups["vocab"].build(FLAGS), Path(tmp))
         print(format_vocab_table(result))
         if FLAGS.json:
             atomic_write(FLAGS.json, to_json(result))
         return
     if FLAGS.suite in ("fleet", "coda"):
-        config, run_suite = (fleet.build(FLAGS), run_fleet_benchmark) if FLAGS.suite == "fleet" else (
-            coda.build(FLAGS), run_coda_benchmark)
+        run_suite = run_fleet_benchmark if FLAGS.suite == "fleet" else run_coda_benchmark
+        config = groups[FLAGS.suite].build(FLAGS)
         with tempfile.TemporaryDirectory() as tmp:
             result = run_suite(config, Path(tmp))
         print(json.dumps(json.loads(to_json(result)), indent=2))
         if FLAGS.json:
             atomic_write(FLAGS.json, to_json(result))
         return
-    config = interpreter.build(FLAGS, models=_all_models(FLAGS.models))
+    config = groups["interpreter"].build(FLAGS, models=_all_models(FLAGS.models))
     rows = run_benchmark(config)
     print(format_table(rows))
     if FLAGS.json:
@@ -260,11 +279,13 @@ def benchmark_command(spec: dict) -> None:
         plot_latency(rows, FLAGS.plot)
 
 
-def bundle_command(spec: dict) -> None:
+def bundle_command(setup: CommandSetup) -> None:
+    """``bundle``: rebuild ``--out`` (ready ``.tflite`` + ``.json`` per
+    model), verify that every model loads, trains a step and restores, and
+    print one line per file."""
     from lcft_tf.bundle import build_bundle, verify_bundle
 
-    (bundle,) = spec["groups"]
-    config = bundle.build(FLAGS, models=_all_models(FLAGS.models))
+    config = setup.groups["bundle"].build(FLAGS, models=_all_models(FLAGS.models))
     entries = build_bundle(FLAGS.out, config)
     verify_bundle(FLAGS.out)
     for e in entries:
@@ -272,10 +293,15 @@ def bundle_command(spec: dict) -> None:
     print(f"wrote {FLAGS.out}/ (+ index.json); every model loads, trains a step and restores")
 
 
+COMMAND_FUNCTIONS: dict[str, Callable[[CommandSetup], None]] = {
+    "run": experiment_command, "benchmark": benchmark_command, "bundle": bundle_command}
+
+
 # -- plumbing --------------------------------------------------------------------
 def quiet_tensorflow() -> None:
     """Import TensorFlow with its C++ start-up lines (oneDNN, cuInit, ...)
-    silenced; ``--tf_logs`` keeps them."""
+    silenced (``TF_CPP_MIN_LOG_LEVEL=3`` unless set, and fd 2 pointed at
+    /dev/null during the import and device probe); ``--tf_logs`` keeps them."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 2)
@@ -290,15 +316,22 @@ def quiet_tensorflow() -> None:
 
 
 def _only_ours_below_warning(record: logging.LogRecord) -> bool:
+    """Logging filter: this package's records at any level, others' from WARNING up."""
     return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
+    """Print ``error: message`` to stderr and exit with ``status``."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
 
 
-def main(argv: list[str], command: str, spec: dict) -> None:
+def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
+    """Run ``setup.command`` once absl has parsed the flags (``argv``: what
+    is left, the program name first). Bad input (a stray argument, a
+    ``ValueError``, a missing file, unreadable raw data, a run folder in use,
+    an ``OSError``) ends in one ``error: ...`` line and exit status 2;
+    Ctrl-C in status 130 with the resume hint."""
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; the command ({'/'.join(COMMANDS)}) comes first")
     # Our INFO lines, and only warnings from TF / absl internals (which
@@ -310,9 +343,9 @@ def main(argv: list[str], command: str, spec: dict) -> None:
     from lcft_tf.pipeline.stages import RunInUseError
 
     try:
-        {"run": run_command, "benchmark": benchmark_command, "bundle": bundle_command}[command](spec)
+        COMMAND_FUNCTIONS[setup.command](setup)
     except KeyboardInterrupt:
-        hint = spec.get("resume_hint")
+        hint = setup.resume_hint
         _fail(f"interrupted{'; continue with: ' + hint if hint else ''}", EXIT_INTERRUPTED)
     except (ValueError, FileNotFoundError, RawDataError, RunInUseError) as err:
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -321,7 +354,8 @@ def main(argv: list[str], command: str, spec: dict) -> None:
 
 
 def split_command(argv: list[str]) -> tuple[str, list[str]]:
-    """The command (first argument, default ``run``) and the rest of argv."""
+    """The command (first argument, default ``run``) and the rest of argv;
+    exits with status 2 for an unknown command."""
     if len(argv) > 1 and not argv[1].startswith("-"):
         if argv[1] not in COMMANDS:
             _fail(f"unknown command {argv[1]!r}; choose from {', '.join(COMMANDS)}")
@@ -329,14 +363,15 @@ def split_command(argv: list[str]) -> tuple[str, list[str]]:
     return "run", list(argv)
 
 
-def run(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+def cli_main(argv: list[str] | None = None) -> None:
+    """Console-script entry point (``lcft-tf``) and ``python -m lcft_tf``:
+    ``argv`` defaults to ``sys.argv``. Always ends in ``sys.exit``."""
     command, argv = split_command(list(sys.argv if argv is None else argv))
     if not any(a.split("=")[0] == "--tf_logs" and not a.endswith("=false") for a in argv):
         quiet_tensorflow()  # before the configs' modules import it
-    spec = define_flags(command)
-    app.run(lambda args: main(args, command, spec), argv=argv)
+    setup = define_flags(command)
+    app.run(lambda args: run_parsed_command(args, setup), argv=argv)
 
 
 if __name__ == "__main__":
-    run()
+    cli_main()

@@ -68,6 +68,7 @@ def _umask() -> int:
 
 
 def sha256(data: bytes) -> str:
+    """Hex SHA-256 of ``data`` (64 characters)."""
     return hashlib.sha256(data).hexdigest()
 
 

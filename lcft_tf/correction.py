@@ -105,14 +105,19 @@ class HardCorrectionTable:
         return int(interval_of(self.edges, in_unit_interval(local, "local CTR")))
 
     def lookup(self, local: float) -> tuple[float, float]:
+        """``(alpha, beta)`` of the interval of ``local``; raises
+        ``ValueError`` outside [0, 1]."""
         j = self.interval(local)
         return self.alphas[j], self.betas[j]
 
     def to_json(self) -> dict[str, Any]:
+        """``{"edges", "alphas", "betas"}`` as lists of floats."""
         return {"edges": list(self.edges), "alphas": list(self.alphas), "betas": list(self.betas)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str) -> "HardCorrectionTable":
+        """The table from :meth:`to_json`'s dict or its JSON text; raises
+        ``ValueError`` for a missing key or an invalid table."""
         if isinstance(data, str):
             data = json.loads(data)
         try:

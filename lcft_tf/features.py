@@ -34,6 +34,7 @@ class SparseFeature:
 
     @property
     def table(self) -> str:
+        """The embedding table this feature reads: ``embedding``, else its own name."""
         return self.embedding or self.name
 
 
@@ -54,6 +55,7 @@ class SequenceFeature:
 
     @property
     def table(self) -> str:
+        """The embedding table this feature reads: ``embedding``, else its own name."""
         return self.embedding or self.name
 
 
@@ -110,18 +112,22 @@ class FeatureSpec:
 
     @property
     def sparse(self) -> tuple[SparseFeature, ...]:
+        """The single-id features (int32 ``[B]``), in spec order."""
         return tuple(f for f in self.features if isinstance(f, SparseFeature))
 
     @property
     def sequences(self) -> tuple[SequenceFeature, ...]:
+        """The id-list features (int32 ``[B, length]``), in spec order."""
         return tuple(f for f in self.features if isinstance(f, SequenceFeature))
 
     @property
     def dense(self) -> tuple[DenseFeature, ...]:
+        """The dense-vector features (float32 ``[B, dim]``), in spec order."""
         return tuple(f for f in self.features if isinstance(f, DenseFeature))
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Every feature's name, in spec order."""
         return tuple(f.name for f in self.features)
 
     @property
@@ -133,6 +139,9 @@ class FeatureSpec:
         return self._by_name[name]
 
     def shape(self, name: str, batch: int | None = None) -> tuple[int | None, ...]:
+        """Feature ``name``'s shape with ``batch`` rows: ``(B,)`` sparse,
+        ``(B, length)`` sequence, ``(B, dim)`` dense; raises ``KeyError`` for
+        an unknown name."""
         f = self[name]
         if isinstance(f, SequenceFeature):
             return (batch, f.length)
@@ -141,6 +150,7 @@ class FeatureSpec:
         return (batch,)
 
     def dtype(self, name: str) -> np.dtype:
+        """float32 for a dense feature, int32 for ids; raises ``KeyError`` for an unknown name."""
         return np.dtype(FLOAT_DTYPE if isinstance(self[name], DenseFeature) else ID_DTYPE)
 
     def validate(self, features: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -168,6 +178,7 @@ class FeatureSpec:
         return out
 
     def to_json(self) -> dict[str, Any]:
+        """``{"features": [{"kind": sparse | sequence | dense, <fields>}, ...]}``."""
         return {
             "features": [
                 {"kind": kind, **dataclasses.asdict(f)}
@@ -179,6 +190,8 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str) -> "FeatureSpec":
+        """The spec from :meth:`to_json`'s dict or its JSON text; raises
+        ``ValueError`` for an unknown kind (and the spec's own errors)."""
         if isinstance(data, str):
             data = json.loads(data)
         features = []

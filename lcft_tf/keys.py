@@ -61,6 +61,7 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks; raises ``OSError`` if unreadable."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -69,4 +70,5 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def digest_files(directory: Path, names: Iterable[str]) -> dict[str, str]:
+    """File name -> :func:`file_sha256` of ``directory / name``, sorted by name."""
     return {name: file_sha256(directory / name) for name in sorted(names)}

@@ -25,11 +25,20 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-    """The on-device sample classifier as exported (logistic regression by default)."""
+    """The on-device sample classifier as exported (logistic regression by
+    default; docs/coda.md).
 
-    hidden_units: tuple[int, ...] = ()
-    learning_rate: float = 0.5  # the file's default; the device may pass another
-    batch_size: int = 32
+    Raises ``ValueError`` on construction for a hidden layer or batch size
+    < 1.
+    """
+
+    hidden_units: tuple[int, ...] = dataclasses.field(
+        default=(), metadata={"help": "CoDA: hidden layer widths of the sample classifier; empty: logistic regression"})
+    learning_rate: float = dataclasses.field(
+        default=0.5, metadata={"help": "CoDA: the classifier file's default learning rate (--coda_classifier_lr "
+                                       "overrides it on the device)"})
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "CoDA: static batch of the classifier's train signature (rows per step)"})
 
     def __post_init__(self) -> None:
         if any(u < 1 for u in self.hidden_units) or self.batch_size < 1:

@@ -64,21 +64,35 @@ class FlexOpsError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """How the on-device training step is compiled into the file."""
+    """How the on-device training step is compiled into the file (module
+    docstring; docs/tflite_training.md, docs/loss_and_correction.md).
 
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    learning_rate: float = 0.01  # default fed to ``train`` by the device wrapper
-    global_ctr: float = 0.5
-    hard_table: HardCorrectionTable | None = None
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-7
-    # Global gradient-norm clip of every step (docs/loss_and_correction.md).
-    clip_norm: float = CLIP_NORM
-    # Rows per embedding table of the per-device submodel written beside the
-    # file when a table is larger (0: never); docs/submodels.md.
-    submodel_capacity: int = 4096
+    Raises ``ValueError`` on construction for ``batch_size < 1``, an unknown
+    optimizer, ``global_ctr`` outside [0, 1], a learning rate that is not
+    finite and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`), a
+    ``clip_norm`` that is not finite and > 0 as a float32, or a negative
+    ``submodel_capacity``.
+    """
+
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "static batch of the exported train signature (rows per step)"})
+    optimizer: str = dataclasses.field(
+        default="sgd", metadata={"help": "on-device optimizer compiled into the file: sgd or adam"})
+    learning_rate: float = dataclasses.field(
+        default=0.01, metadata={"help": "learning rate the device wrapper feeds to train unless told another"})
+    global_ctr: float = dataclasses.field(
+        default=0.5, metadata={"help": "global click rate w_g in [0, 1] the correct signature uses (the dataset's)"})
+    hard_table: HardCorrectionTable | None = dataclasses.field(
+        default=None, metadata={"help": "hard-correction table shipped in the file; unset: hard is invalid there"})
+    adam_beta1: float = dataclasses.field(default=0.9, metadata={"help": "Adam's first-moment decay (adam only)"})
+    adam_beta2: float = dataclasses.field(default=0.999, metadata={"help": "Adam's second-moment decay (adam only)"})
+    adam_epsilon: float = dataclasses.field(
+        default=1e-7, metadata={"help": "Adam's denominator epsilon (adam only; Keras' default)"})
+    clip_norm: float = dataclasses.field(
+        default=CLIP_NORM, metadata={"help": "global gradient-norm clip of every step (docs/loss_and_correction.md)"})
+    submodel_capacity: int = dataclasses.field(
+        default=4096, metadata={"help": "rows per embedding table of the per-device submodel written beside the "
+                                        "file when a table is larger; 0: never (docs/submodels.md)"})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -149,6 +163,9 @@ class TrainableModule(tf.Module):
         return signature_table(self.config.batch_size, features, state)
 
     def feature_specs(self, batch_size: int | None = None) -> dict[str, tf.TensorSpec]:
+        """``tf.TensorSpec`` of every feature at ``batch_size`` rows (default
+        the config's static batch): int32 ``[B]`` / ``[B, L]`` ids, float32
+        ``[B, dim]`` dense vectors (:class:`lcft_tf.features.FeatureSpec`)."""
         b = batch_size or self.config.batch_size
         return {
             n: tf.TensorSpec([b, *self.spec.shape(n)[1:]], tf.as_dtype(self.spec.dtype(n)), name=n)
@@ -162,6 +179,13 @@ class TrainableModule(tf.Module):
 
     # -- the computations -------------------------------------------------
     def train(self, **inputs) -> dict[str, tf.Tensor]:
+        """One optimizer step on a static batch (module docstring): features,
+        float32 ``label`` / ``sample_weight`` ``[B]`` and scalar
+        ``learning_rate`` in; float32 ``loss`` and ``grad_norm`` (before the
+        clip) and int32 ``applied`` (0: a non-finite step, state unchanged)
+        out. SGD, or Adam with Keras's epsilon placement (Kingma & Ba 2015,
+        Algorithm 1 and the note after it); clip and rollback:
+        docs/loss_and_correction.md."""
         features = {n: inputs[n] for n in self.spec.names}
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
@@ -199,12 +223,18 @@ class TrainableModule(tf.Module):
         return out
 
     def infer(self, **features) -> dict[str, tf.Tensor]:
+        """``probability``, float32 ``[B]``: the sigmoid of the model's logits
+        (the ``infer`` and ``infer_one`` signatures)."""
         return {"probability": tf.sigmoid(self.model(features, training=False))}  # infer and infer_one
 
     def save(self) -> dict[str, tf.Tensor]:
+        """Every state variable (weights, optimizer slots, Adam's step) by its
+        state name, in the dtype and shape it has."""
         return {n: tf.identity(v.read_value()) for n, v in zip(self.state_names, self._state)}
 
     def restore(self, **tensors) -> dict[str, tf.Tensor]:
+        """Assign every state variable from ``tensors`` (as :meth:`save`
+        returns them); int32 ``num_restored`` out."""
         for n, v in zip(self.state_names, self._state):
             v.assign(tensors[n])
         return {"num_restored": tf.constant(len(self._state), tf.int32)}

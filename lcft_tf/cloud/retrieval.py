@@ -41,16 +41,32 @@ INDEXES = ("flat", "ivf", "hnsw")
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
-    k: int = 100
-    index: str = "flat"  # exact inner product; "ivf" / "hnsw" for large pools (approximate)
-    pool_size: int | None = None  # a seeded subsample of the train samples; None: all
-    fields: tuple[str, ...] | None = None  # None: every sparse / sequence feature but user_id
-    seed: int = 0
-    threads: int = 0  # faiss OpenMP threads; 0: leave faiss's default
-    ivf_lists: int = 1024
-    ivf_probe: int = 16
-    hnsw_m: int = 32
-    hnsw_ef_search: int = 128
+    """CoDA's coarse matching in the cloud: how many samples each user gets
+    and the faiss index that finds them (module docstring; docs/coda.md).
+
+    Raises ``ValueError`` on construction for ``k < 0``, an unknown index,
+    ``pool_size < 1``, an IVF / HNSW parameter < 1 or ``threads < 0``.
+    """
+
+    k: int = dataclasses.field(default=100, metadata={"help": "CoDA: samples the cloud retrieves per user"})
+    index: str = dataclasses.field(
+        default="flat", metadata={"help": "CoDA: faiss index, flat (exact inner product), ivf or hnsw (approximate, "
+                                          "for large pools)"})
+    pool_size: int | None = dataclasses.field(
+        default=None, metadata={"help": "CoDA: a seeded subsample of this many train samples to retrieve from; "
+                                        "unset: all"})
+    fields: tuple[str, ...] | None = dataclasses.field(
+        default=None, metadata={"help": "CoDA: features whose embeddings make a sample's vector; unset: every sparse "
+                                        "and sequence feature but user_id"})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of the pool subsample and of IVF's k-means (set per run from --seeds)"})
+    threads: int = dataclasses.field(default=0, metadata={"help": "faiss OpenMP threads; 0: faiss's default"})
+    ivf_lists: int = dataclasses.field(
+        default=1024, metadata={"help": "ivf: inverted lists (at most one per 39 pool samples)"})
+    ivf_probe: int = dataclasses.field(default=16, metadata={"help": "ivf: lists searched per query (nprobe)"})
+    hnsw_m: int = dataclasses.field(default=32, metadata={"help": "hnsw: neighbours per graph node (M)"})
+    hnsw_ef_search: int = dataclasses.field(
+        default=128, metadata={"help": "hnsw: search breadth (efSearch; raised to the fetch size when larger)"})
 
     def __post_init__(self) -> None:
         if self.k < 0:

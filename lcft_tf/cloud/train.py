@@ -39,15 +39,33 @@ DEFAULT_LEARNING_RATE = {"sgd": 1.0, "adam": 1e-3}
 
 @dataclasses.dataclass(frozen=True)
 class CloudConfig:
-    batch_size: int = 32
-    epochs: int = 2
-    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATE[optimizer]
-    decay_per_epoch: float = 0.1
-    optimizer: str = "adam"  # or "sgd", the paper's (module doc)
-    shuffle: bool = True
-    seed: int = 0
-    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-    strategy: str = "default"  # default | mirrored | multi_worker (reads TF_CONFIG)
+    """How the cloud model is trained on every user's train samples (module
+    docstring; docs/scaling.md for the strategies).
+
+    Raises ``ValueError`` on construction for an unknown strategy or
+    optimizer, a distributed strategy with an optimizer other than ``sgd``,
+    ``batch_size < 1``, ``epochs < 0``, or a learning rate that is not finite
+    and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`).
+    """
+
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "global batch of cloud training (samples per step, over all replicas)"})
+    epochs: int = dataclasses.field(default=2, metadata={"help": "passes over all users' train samples"})
+    learning_rate: float | None = dataclasses.field(
+        default=None, metadata={"help": "cloud learning rate; unset: adam 1e-3, sgd 1.0 (the paper's); decayed by "
+                                        "--cloud_decay_per_epoch each epoch"})
+    decay_per_epoch: float = dataclasses.field(
+        default=0.1, metadata={"help": "factor the learning rate is multiplied by after each epoch"})
+    optimizer: str = dataclasses.field(
+        default="adam", metadata={"help": "cloud optimizer: adam, or sgd (the paper's, with learning rate 1.0)"})
+    shuffle: bool = dataclasses.field(default=True, metadata={"help": "shuffle the train samples every epoch"})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of the weight initialisation and the shuffle (set per run from --seeds)"})
+    model_kwargs: dict[str, Any] = dataclasses.field(
+        default_factory=dict, metadata={"help": "keyword arguments of the registry model's constructor"})
+    strategy: str = dataclasses.field(
+        default="default", metadata={"help": "tf.distribute strategy: default, mirrored (this machine's GPUs) or "
+                                             "multi_worker (the machines TF_CONFIG lists; needs sgd)"})
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -74,6 +92,9 @@ class CloudConfig:
 
 
 def as_tf_dataset(features: dict[str, np.ndarray], labels: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    """A batched ``tf.data.Dataset`` of ``(features, float32 labels)``,
+    reshuffled every epoch with ``seed`` (buffer: up to 100,000 rows) when
+    ``shuffle``."""
     data = tf.data.Dataset.from_tensor_slices((features, labels.astype(np.float32)))
     if shuffle:
         data = data.shuffle(min(len(labels), 100_000), seed=seed, reshuffle_each_iteration=True)

@@ -36,13 +36,31 @@ KEEP_RULES = ("threshold", "fraction")
 
 @dataclasses.dataclass(frozen=True)
 class CodaConfig:
-    use_classifier: bool = True  # False: keep every retrieved sample (retrieval_only)
-    keep: str = "threshold"  # "threshold": probability >= keep_value; "fraction": top keep_value share
-    keep_value: float = 0.5
-    classifier_epochs: int = 10
-    classifier_lr: float | None = None  # None: the classifier file's default
-    correction: str | None = None  # None (raw labels) or a correction method, e.g. "soft2"
-    adopt_user_id: bool = True  # kept samples carry the local user's id (docs/coda.md)
+    """CoDA's device side: the sample classifier's training and the keep
+    rule over the retrieved samples (module docstring; docs/coda.md).
+
+    Raises ``ValueError`` on construction for an unknown keep rule or
+    correction, ``keep_value`` outside [0, 1], ``classifier_epochs < 1``, or
+    a ``classifier_lr`` that is not finite and >= 0.
+    """
+
+    use_classifier: bool = dataclasses.field(
+        default=True, metadata={"help": "CoDA: filter with the sample classifier; false keeps every retrieved sample "
+                                        "(retrieval_only)"})
+    keep: str = dataclasses.field(
+        default="threshold", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
+                                               "keep_value) or fraction (the top keep_value share)"})
+    keep_value: float = dataclasses.field(
+        default=0.5, metadata={"help": "CoDA: the probability threshold, or the kept fraction, in [0, 1]"})
+    classifier_epochs: int = dataclasses.field(
+        default=10, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples"})
+    classifier_lr: float | None = dataclasses.field(
+        default=None, metadata={"help": "CoDA: the sample classifier's learning rate; unset: the classifier file's "
+                                        "default"})
+    correction: str | None = dataclasses.field(
+        default=None, metadata={"help": "label correction of local + kept samples (e.g. soft2); unset: raw labels"})
+    adopt_user_id: bool = dataclasses.field(
+        default=True, metadata={"help": "CoDA: kept samples carry the local user's id (docs/coda.md)"})
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP_RULES:
@@ -72,6 +90,11 @@ def method_config(method: str, base: CodaConfig | None = None, **overrides: Any)
 
 @dataclasses.dataclass
 class CodaResult:
+    """One user's CoDA outcome: float32 ``predictions`` ``[num_test]`` (click
+    probabilities), the number of ``kept`` retrieved samples, and the
+    classifier's local-likeness ``probabilities`` ``[K]`` of the retrieved
+    samples (None when no classifier ran)."""
+
     predictions: np.ndarray  # [num_test] click probabilities
     kept: int  # retrieved samples used for fine-tuning
     probabilities: np.ndarray | None  # [K] classifier's local-likeness of each retrieved sample

@@ -77,6 +77,7 @@ class OnDeviceModel:
 
     @property
     def name(self) -> str:
+        """The registry model's name, from the file's JSON metadata."""
         return self.metadata["model"]["name"]
 
     # -- the bare signature call ------------------------------------------
@@ -325,12 +326,17 @@ class _CompiledSignature:
                 raise ValueError(f"CompiledModel signature {key!r}: buffer order differs from the listed tensors at {name!r}")
 
     def get_input_details(self) -> dict[str, dict]:
+        """Input name -> LiteRT tensor details (shape, dtype), as the
+        interpreter's signature runner gives them."""
         return dict(self._inputs)
 
     def get_output_details(self) -> dict[str, dict]:
+        """Output name -> LiteRT tensor details (shape, dtype)."""
         return dict(self._outputs)
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
+        """Run the signature on named numpy inputs cast to their dtypes;
+        raises ``ValueError`` for a shape other than the static one."""
         for (name, detail), buffer in zip(self._inputs, self._in_buffers):
             value = np.asarray(inputs[name], np.dtype(detail["dtype"]))
             if list(value.shape) != list(detail["shape"]):

@@ -30,4 +30,7 @@ class SubmodelDevice:
         self.global_state = dict(global_state)
 
     def pack(self, *feature_sets: Mapping[str, np.ndarray]) -> Pack:
+        """The pack of the ids ``feature_sets`` use, with their rows from the
+        global state (:func:`lcft_tf.artifacts.pack.make_pack`; raises
+        :class:`PackCapacityError` when they do not fit; docs/submodels.md)."""
         return make_pack(self.layout, self.global_state, *feature_sets)

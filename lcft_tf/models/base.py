@@ -11,11 +11,15 @@ from lcft_tf.models.layers import Embedding, Linear, masked_mean, sequence_mask
 
 
 class CTRModel(keras.Model):
-    """A Keras model mapping a dict of feature tensors to click logits [B].
+    """A Keras model mapping a dict of feature tensors to click logits,
+    float32 ``[B]``.
 
-    Subclasses implement ``logits(features)``. The model outputs logits so
-    cloud training can use ``BinaryCrossentropy(from_logits=True)``;
-    ``predict_proba`` and the exported ``infer`` signature apply the sigmoid.
+    Subclasses implement ``logits(features)``. The model outputs logits
+    because cloud training and the device's ``train`` signature share
+    :func:`lcft_tf.models.losses.corrected_log_loss`, which is written on
+    logits (docs/loss_and_correction.md); ``predict_proba`` and the exported
+    ``infer`` signature apply the sigmoid. Raises ``TypeError`` when ``spec``
+    is not a :class:`~lcft_tf.features.FeatureSpec`.
     """
 
     model_name: str = ""
@@ -43,6 +47,8 @@ class CTRModel(keras.Model):
 
     # -- helpers shared by the models -------------------------------------
     def embed(self, name: str, ids):
+        """Rows of feature ``name``'s table for int32 ``ids`` of any shape
+        ``S``: float32 ``[*S, embedding_dim]``."""
         return self.tables[self.spec[name].table](ids)
 
     def embed_sequence(self, feature: SequenceFeature, ids):
@@ -61,13 +67,17 @@ class CTRModel(keras.Model):
 
     # -- keras plumbing ---------------------------------------------------
     def call(self, features, training=None):
+        """Keras entry point: :meth:`logits` (``training`` is unused)."""
         return self.logits(features)
 
     def logits(self, features):  # pragma: no cover - abstract
+        """Click logits, float32 ``[B]``; raises ``NotImplementedError`` here."""
         raise NotImplementedError
 
     def predict_proba(self, features, batch_size: int = 1024) -> np.ndarray:
-        """Click probabilities for a dict of numpy features (eager, batched)."""
+        """Click probabilities, float32 ``[N]``, for a dict of numpy features
+        (eager, ``batch_size`` rows at a time); raises ``ValueError`` from
+        :meth:`FeatureSpec.validate` for missing or mis-shaped features."""
         features = self.spec.validate(features)
         n = len(next(iter(features.values())))
         out = [
@@ -86,14 +96,17 @@ class CTRModel(keras.Model):
         return self
 
     def get_build_config(self):
+        """Keras saving: rebuild from the spec (:meth:`build_from_config`)."""
         return {"from_spec": True}
 
     def build_from_config(self, config):
+        """Keras loading: create the weights with :meth:`build_from_spec`."""
         # Weights are created from the spec (dict of int/float inputs); the
         # generic Keras path would build with float inputs and fail.
         self.build_from_spec()
 
     def get_config(self):
+        """Keras saving: the constructor's arguments, the spec as JSON."""
         return {
             "spec": self.spec.to_json(),
             "embedding_dim": self.embedding_dim,
@@ -104,6 +117,7 @@ class CTRModel(keras.Model):
 
     @classmethod
     def from_config(cls, config):
+        """Keras loading: the model from :meth:`get_config`'s dict."""
         config = dict(config)
         spec = FeatureSpec.from_json(config.pop("spec"))
         return cls(spec, **config)

@@ -11,6 +11,12 @@ from lcft_tf.models.layers import MLP, AttentionPooling, Embedding, masked_mean
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class DIN(CTRModel):
+    """DIN (Zhou et al., 2018): attention of the candidate over
+    each history that has a query, mean pooling of the others, an MLP, plus
+    optional per-id offsets (``first_order``; docs/din_on_movielens.md).
+    Raises ``ValueError`` for a ``first_order`` name that is not a sparse
+    feature, or that repeats."""
+
     model_name = "din"
 
     def __init__(self, spec, attention_units=(32,), first_order=(), **kwargs):
@@ -38,6 +44,9 @@ class DIN(CTRModel):
         self.deep = MLP(self.hidden_units, seed=self.seed + 2, name="deep")
 
     def logits(self, features):
+        """Click logits, float32 ``[B]``, for a dict of feature tensors
+        (shapes and dtypes: :meth:`lcft_tf.features.FeatureSpec.shape` /
+        ``dtype``)."""
         fields = self.field_embeddings(features, pool_sequences=False)
         for f in self.spec.sequences:
             keys, mask = self.embed_sequence(f, features[f.name])
@@ -52,6 +61,7 @@ class DIN(CTRModel):
         return logits
 
     def get_config(self):
+        """Keras saving: the base config plus this model's own arguments."""
         return {
             **super().get_config(),
             "attention_units": list(self.attention_units),

@@ -10,6 +10,9 @@ from lcft_tf.models.layers import GRU, MLP, AttentionPooling, Linear, masked_mea
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class EdgeRec(CTRModel):
+    """EdgeRec-like (Gong et al., 2020): a GRU per history that has a query,
+    the projected candidate attending over its states, an MLP on top."""
+
     model_name = "edgerec"
 
     def __init__(self, spec, gru_units: int = 16, attention_units=(32,), **kwargs):
@@ -28,6 +31,9 @@ class EdgeRec(CTRModel):
         self.deep = MLP(self.hidden_units, seed=self.seed + 2, name="deep")
 
     def logits(self, features):
+        """Click logits, float32 ``[B]``, for a dict of feature tensors
+        (shapes and dtypes: :meth:`lcft_tf.features.FeatureSpec.shape` /
+        ``dtype``)."""
         fields = self.field_embeddings(features, pool_sequences=False)
         for f in self.spec.sequences:
             keys, mask = self.embed_sequence(f, features[f.name])
@@ -40,4 +46,5 @@ class EdgeRec(CTRModel):
         return tf.reshape(self.deep(tf.concat(fields, axis=-1)), [-1])
 
     def get_config(self):
+        """Keras saving: the base config plus this model's own arguments."""
         return {**super().get_config(), "gru_units": self.gru_units, "attention_units": list(self.attention_units)}

@@ -76,6 +76,8 @@ class Embedding(keras.layers.Layer):
         )
 
     def call(self, ids):
+        """Rows for int ``ids`` of any shape ``S``: float32 ``[*S, dim]``; an id
+        outside ``[0, vocab_size)`` reads the extra out-of-vocabulary row."""
         oov = tf.logical_or(ids < 0, ids >= self.vocab_size)
         ids = tf.where(oov, tf.fill(tf.shape(ids), self.vocab_size), ids)
         return tf.gather(self.embeddings, ids)
@@ -94,12 +96,14 @@ class Linear(keras.layers.Layer):
         self.seed = seed
 
     def build(self, input_shape):
+        """Create ``kernel`` ``[d_in, units]`` and ``bias`` ``[units]``."""
         self.kernel = self.add_weight(
             shape=(int(input_shape[-1]), self.units), initializer=_initializer(self.seed), name="kernel"
         )
         self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
 
     def call(self, x):
+        """float32 ``[B, d_in]`` or ``[B, L, d_in]`` -> ``[B, units]`` or ``[B, L, units]``."""
         shape = x.shape
         if len(shape) == 3:
             x = tf.reshape(x, [-1, shape[-1]])
@@ -124,6 +128,8 @@ class MLP(keras.layers.Layer):
         self.out = Linear(out_units, seed=_offset(seed, len(self.hidden)), name=f"{self.name}_out") if out_units else None
 
     def call(self, x):
+        """float32 ``[..., d_in]`` -> ``[..., out_units]`` (the last hidden
+        width when ``out_units`` is None)."""
         for layer in self.hidden:
             x = layer(x)
         return self.out(x) if self.out is not None else x
@@ -157,6 +163,8 @@ class AttentionPooling(keras.layers.Layer):
         self.scorer = MLP(hidden_units, out_units=1, seed=seed, name=f"{self.name}_scorer")
 
     def call(self, query, keys, mask):
+        """``query`` float32 ``[B, d]``, ``keys`` ``[B, L, d]``, ``mask``
+        ``[B, L]`` (1 real, 0 padding) -> pooled keys ``[B, d]``."""
         length = keys.shape[1]
         q = tf.tile(tf.expand_dims(query, 1), [1, length, 1])
         scores = tf.reshape(self.scorer(tf.concat([q, keys, q - keys, q * keys], axis=-1)), [-1, length])
@@ -177,6 +185,7 @@ class GRU(keras.layers.Layer):
         self.seed = seed
 
     def build(self, input_shape):
+        """Create ``kernel`` ``[d, 3 units]``, ``recurrent_kernel`` ``[units, 3 units]``, ``bias``."""
         d = int(input_shape[-1])
         self.kernel = self.add_weight(shape=(d, 3 * self.units), initializer=_initializer(self.seed), name="kernel")
         self.recurrent_kernel = self.add_weight(
@@ -185,6 +194,7 @@ class GRU(keras.layers.Layer):
         self.bias = self.add_weight(shape=(3 * self.units,), initializer="zeros", name="bias")
 
     def call(self, inputs, mask):
+        """``inputs`` float32 ``[B, L, d]``, ``mask`` ``[B, L]`` -> states ``[B, L, units]``."""
         length = inputs.shape[1]
         xs = tf.split(inputs, length, axis=1)
         ms = tf.split(mask, length, axis=1)
@@ -217,6 +227,7 @@ class LinearTerms(keras.layers.Layer):
         self.dense = {f.name: Linear(1, seed=_offset(seed, 100 + i), name=f"lin_{f.name}") for i, f in enumerate(spec.dense)}
 
     def call(self, features):
+        """The first-order logit, float32 ``[B]``, of a feature dict."""
         terms = []
         for f in self.spec.sparse:
             terms.append(self.weights_by_table[f.table](features[f.name]))

@@ -58,4 +58,6 @@ class CorrectedLogLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
 
     def call(self, y_true, y_pred):
+        """Per-sample loss, float32 ``[B]``, of logits ``y_pred`` against
+        (possibly corrected) targets ``y_true``."""
         return corrected_log_loss(tf.reshape(y_pred, [-1]), tf.cast(tf.reshape(y_true, [-1]), tf.float32))

@@ -11,6 +11,9 @@ from lcft_tf.models.layers import MLP
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class PNN(CTRModel):
+    """IPNN, the inner-product PNN (Qu et al., 2016): an MLP over the field embeddings
+    and their pairwise inner products."""
+
     model_name = "pnn"
 
     def __init__(self, spec, **kwargs):
@@ -18,6 +21,9 @@ class PNN(CTRModel):
         self.deep = MLP(self.hidden_units, seed=self.seed + 2, name="deep")
 
     def logits(self, features):
+        """Click logits, float32 ``[B]``, for a dict of feature tensors
+        (shapes and dtypes: :meth:`lcft_tf.features.FeatureSpec.shape` /
+        ``dtype``)."""
         fields = self.field_embeddings(features)
         n = len(fields)
         stacked = tf.stack(fields, axis=1)  # [B, F, d]

@@ -21,11 +21,16 @@ EMBEDDING_FEATURE = "sample_embedding"
 
 
 def classifier_spec(dim: int) -> FeatureSpec:
+    """The classifier's spec: one float32 dense feature ``[B, dim]``."""
     return FeatureSpec((DenseFeature(EMBEDDING_FEATURE, int(dim)),))
 
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class SampleClassifier(CTRModel):
+    """Local-vs-retrieved logits, float32 ``[B]``, from one sample embedding
+    (docs/coda.md). Raises ``ValueError`` for any spec other than
+    :func:`classifier_spec`'s."""
+
     model_name = "sample_classifier"
     needs_embeddings = False
 
@@ -36,6 +41,7 @@ class SampleClassifier(CTRModel):
         self.mlp = MLP(self.hidden_units, out_units=1, seed=self.seed, name="mlp")
 
     def logits(self, features):
+        """Logits, float32 ``[B]``, of ``features[EMBEDDING_FEATURE]`` ``[B, dim]``."""
         return tf.reshape(self.mlp(features[EMBEDDING_FEATURE]), [-1])
 
 

@@ -9,6 +9,9 @@ from lcft_tf.models.layers import MLP, LinearTerms
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class WideDeep(CTRModel):
+    """Wide & Deep (Cheng et al., 2016): linear terms + an MLP over
+    the field embeddings."""
+
     model_name = "wide_deep"
 
     def __init__(self, spec, **kwargs):
@@ -17,5 +20,8 @@ class WideDeep(CTRModel):
         self.deep = MLP(self.hidden_units, seed=self.seed + 2, name="deep")
 
     def logits(self, features):
+        """Click logits, float32 ``[B]``, for a dict of feature tensors
+        (shapes and dtypes: :meth:`lcft_tf.features.FeatureSpec.shape` /
+        ``dtype``)."""
         deep = self.deep(tf.concat(self.field_embeddings(features), axis=-1))
         return self.wide(features) + tf.reshape(deep, [-1])

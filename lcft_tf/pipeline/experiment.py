@@ -69,33 +69,53 @@ def run_id(model: str, seed: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """One run of the main job: which data, models, seeds and methods, and
-    every stage's settings. Raises ``ValueError`` on construction for an
-    unknown dataset or model, repeated or negative seeds, methods without
-    ``cloud``, CoDA on a model without embeddings, or resume with overwrite."""
+    every stage's settings (docs/pipeline.md).
 
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # MovieLens / Amazon options
-    cache_dir: str | None = None
-    synthetic: SyntheticConfig = SyntheticConfig()
-    max_users: int | None = None  # a seeded random sample of users, for quick runs
-    models: tuple[str, ...] = ("din", "wide_deep")
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    seeds: tuple[int, ...] = (0, 1, 2)  # cloud-training seeds; tables report mean ± std over them
-    cloud: CloudConfig = CloudConfig()
-    fleet: FleetConfig = FleetConfig()
-    hard: HardSearchConfig = HardSearchConfig()
-    # How the device step is compiled (batch, optimizer); its learning rate
-    # is the fleet's and its global CTR the dataset's.
-    export: ExportConfig = ExportConfig()
-    # CoDA's cloud side (used when a CoDA method runs): retrieval and the
-    # sample classifier every device starts from.
-    retrieval: RetrievalConfig = RetrievalConfig()
-    classifier: ClassifierConfig = ClassifierConfig()
-    output_dir: str = "runs"
-    name: str | None = None
-    resume: bool = False
-    overwrite: bool = False
+    Raises ``ValueError`` on construction for an unknown dataset or model, no
+    models, empty, repeated or negative seeds, methods without ``cloud``,
+    ``max_users < 1``, CoDA on a model without embeddings, or resume with
+    overwrite; the nested configs raise their own on construction.
+    """
+
+    dataset: str = dataclasses.field(default="synthetic", metadata={"help": "synthetic, movielens or amazon"})
+    data_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "folder with the raw files of a real dataset (nothing is downloaded)"})
+    data_options: dict[str, Any] = dataclasses.field(
+        default_factory=dict, metadata={"help": "MovieLens / Amazon loader options (MovieLensOptions, AmazonOptions)"})
+    cache_dir: str | None = dataclasses.field(
+        default=None, metadata={"help": "where prepared real datasets are cached; unset: $LCFT_CACHE or "
+                                        "~/.cache/lcft_tf"})
+    synthetic: SyntheticConfig = dataclasses.field(
+        default=SyntheticConfig(), metadata={"help": "the synthetic dataset's generator settings"})
+    max_users: int | None = dataclasses.field(
+        default=None, metadata={"help": "use a random sample of this many users (seeded by --data_seed), for quick "
+                                        "runs; unset: all"})
+    models: tuple[str, ...] = dataclasses.field(
+        default=("din", "wide_deep"), metadata={"help": "registry models (lcft_tf.models.REGISTRY), or 'all'"})
+    methods: tuple[str, ...] = dataclasses.field(
+        default=DEFAULT_METHODS, metadata={"help": "methods to compare (cloud is required: gains are measured "
+                                                   "against it)"})
+    seeds: tuple[int, ...] = dataclasses.field(
+        default=(0, 1, 2), metadata={"help": "cloud-training seeds; tables report mean ± std over them"})
+    cloud: CloudConfig = dataclasses.field(default=CloudConfig(), metadata={"help": "cloud training"})
+    fleet: FleetConfig = dataclasses.field(
+        default=FleetConfig(), metadata={"help": "the device fleet (its methods are set from methods)"})
+    hard: HardSearchConfig = dataclasses.field(
+        default=HardSearchConfig(), metadata={"help": "the hard-correction grid search"})
+    export: ExportConfig = dataclasses.field(
+        default=ExportConfig(), metadata={"help": "how the device step is compiled (batch, optimizer); its learning "
+                                                  "rate is the fleet's and its global CTR the dataset's"})
+    retrieval: RetrievalConfig = dataclasses.field(
+        default=RetrievalConfig(), metadata={"help": "CoDA's cloud retrieval (used when a CoDA method runs)"})
+    classifier: ClassifierConfig = dataclasses.field(
+        default=ClassifierConfig(), metadata={"help": "the CoDA sample classifier every device starts from"})
+    output_dir: str = dataclasses.field(default="runs", metadata={"help": "where runs/<name>/ goes"})
+    name: str | None = dataclasses.field(
+        default=None, metadata={"help": "run name; unset: the dataset, plus the raw files' folder name"})
+    resume: bool = dataclasses.field(
+        default=False, metadata={"help": "continue the run in <output_dir>/<name>/: reuse finished stages whose "
+                                         "config hash matches"})
+    overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace the run in <output_dir>/<name>/"})
 
     def __post_init__(self) -> None:
         from lcft_tf.models import REGISTRY

@@ -44,13 +44,30 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class HardSearchConfig:
-    edges: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
-    alphas: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
-    betas: tuple[float, ...] = (-0.1, 0.0, 0.1, 0.2, 0.3)
-    users_per_group: int = 20
-    validation_fraction: float = 0.3
-    min_validation: int = 4
-    seed: int = 0
+    """The cloud's grid search for the hard correction table (module
+    docstring; docs/loss_and_correction.md).
+
+    Raises ``ValueError`` on construction for edges that do not increase
+    strictly inside (0, 1) (:class:`lcft_tf.correction.HardCorrectionTable`),
+    ``users_per_group < 1`` or ``validation_fraction`` outside (0, 1).
+    """
+
+    edges: tuple[float, ...] = dataclasses.field(
+        default=(0.2, 0.4, 0.6, 0.8), metadata={"help": "local-CTR interval edges of the hard table, strictly "
+                                                        "increasing in (0, 1)"})
+    alphas: tuple[float, ...] = dataclasses.field(
+        default=(0.5, 0.75, 1.0, 1.5, 2.0), metadata={"help": "alpha values of the grid (the pair alpha 1, beta 0 is always tried)"})
+    betas: tuple[float, ...] = dataclasses.field(
+        default=(-0.1, 0.0, 0.1, 0.2, 0.3), metadata={"help": "beta values of the grid (crossed with every alpha)"})
+    users_per_group: int = dataclasses.field(
+        default=20, metadata={"help": "users sampled per CTR interval for the hard grid search"})
+    validation_fraction: float = dataclasses.field(
+        default=0.3, metadata={"help": "each sampled user's last share of train samples used for validation, in "
+                                       "(0, 1)"})
+    min_validation: int = dataclasses.field(
+        default=4, metadata={"help": "fewest validation samples per sampled user"})
+    seed: int = dataclasses.field(
+        default=0, metadata={"help": "seed of the user sample (set per run from --seeds)"})
 
     def __post_init__(self) -> None:
         HardCorrectionTable.identity(self.edges)  # validates the edges
