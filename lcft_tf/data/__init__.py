@@ -27,7 +27,18 @@ def load_real_dataset(
     ``cache_dir`` (default ``$LCFT_CACHE`` or ``~/.cache/lcft_tf``) in a folder
     named by a hash of the package and loader versions, every option and each
     raw file's name, size and mtime — so a cache from another version, other
-    options or changed files is never reused (docs/data.md).
+    options or changed files is never reused (docs/data.md). The dataset is
+    built completely before anything is written, and the fingerprint is
+    written last, so a failed build leaves no cache and a cache without its
+    fingerprint is never read.
+
+    Raises ``ValueError`` for an unknown ``name`` or options of the wrong
+    kind (and bad option values), ``FileNotFoundError`` without
+    ``data_dir`` or its raw files, :class:`~lcft_tf.data.raw.RawDataError`
+    for bad rows (unless ``skip_bad_rows``), no data left, or a raw file that
+    cannot be read (a truncated or corrupt ``.gz``, a ``.gz`` that is not
+    gzip, an I/O error: one line naming the file, also under
+    ``skip_bad_rows``), and ``OSError`` when the cache cannot be written.
     """
     import dataclasses
     import json

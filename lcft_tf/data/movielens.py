@@ -170,7 +170,8 @@ RATING_DTYPE = [("user", "i8"), ("item", "i8"), ("rating", "f8"), ("timestamp", 
 def read_ratings(path: Path, fmt: str, reader: RowReader) -> np.ndarray:
     """Structured array of user, item, rating, timestamp (``RATING_DTYPE``;
     timestamps in seconds). Raises :class:`RawDataError` for a bad header or
-    row (docs/data.md "Bad input") unless the reader skips rows."""
+    row (docs/data.md "Bad input") unless the reader skips rows, and for a
+    damaged file (truncated / corrupt / not-gzip ``.gz``, I/O error) always."""
     sep = {"csv": ",", "dat": "::", "100k": "\t"}[fmt]
     header = HEADERS["ratings.csv"] if fmt == "csv" else None
     if header:
@@ -193,7 +194,8 @@ def _valid_ratings(data: np.ndarray) -> np.ndarray:
 
 def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
     """Raw movie id -> its first genre (paper §5.1's category). Raises
-    :class:`RawDataError` for a bad row unless the reader skips rows."""
+    :class:`RawDataError` for a bad row unless the reader skips rows, and
+    for a damaged file always."""
     if fmt == "csv":
 
         def parse(line):
@@ -221,7 +223,8 @@ def read_genres(path: Path, fmt: str, reader: RowReader) -> dict[int, str]:
 
 def read_tag_count(path: Path | None, reader: RowReader) -> int:
     """The largest tag id of ``genome-tags.csv``, or ``MAX_GENOME_TAGS`` without
-    it (docs/data.md "Genome tag ids"). Raises :class:`RawDataError` for a bad row."""
+    it (docs/data.md "Genome tag ids"). Raises :class:`RawDataError` for a bad
+    row unless the reader skips rows, and for a damaged file always."""
     if path is None:
         return MAX_GENOME_TAGS
 
@@ -234,7 +237,8 @@ def read_tag_count(path: Path | None, reader: RowReader) -> int:
 def read_genome(path: Path, reader: RowReader, max_tag: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Movie ids (int64), tag ids (int64, 1 .. ``max_tag``) and relevances
     (float32) of ``genome-scores.csv``, each ``[rows]``. Raises
-    :class:`RawDataError` for a bad header or row unless the reader skips rows."""
+    :class:`RawDataError` for a bad header or row unless the reader skips
+    rows, and for a damaged file always."""
     header = HEADERS["genome-scores.csv"]
     check_header(path, read_header(path), header, ",")
     dtype = [("movie", "i8"), ("tag", "i8"), ("relevance", "f8")]
@@ -261,7 +265,10 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
     Ids are int32, labels int8 (rating >= 4), timestamps int64 seconds; the
     genome (float32, one row per movie) is a lookup. Raises
     ``FileNotFoundError`` when the folder or its files are missing,
-    :class:`RawDataError` for bad rows, no ratings, or no user kept.
+    :class:`RawDataError` for bad rows, no ratings, or no user kept, and
+    for a raw file that cannot be read (a truncated or corrupt ``.gz``, a
+    ``.gz`` that is not gzip, an I/O error: named with the line being read,
+    also under ``skip_bad_rows``).
     """
     options = options or MovieLensOptions()
     started = time.perf_counter()

@@ -1,6 +1,12 @@
 """Reading user-supplied raw files: row errors that name file and line,
 optional skipping (counted), transparent gzip, one rule for integer fields,
-and the cache fingerprint of the inputs (rules: docs/data.md)."""
+and the cache fingerprint of the inputs (rules: docs/data.md).
+
+A file that cannot be read as a whole (a truncated or corrupt ``.gz``, a
+``.gz`` that is not gzip, an I/O error) is a :class:`RawDataError` naming
+the file (and the line being read), never a bare ``EOFError`` /
+``zlib.error`` traceback, and is not a bad row: ``skip_bad_rows`` does not
+hide it."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import json
 import math
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
@@ -19,7 +26,7 @@ import numpy as np
 
 
 class RawDataError(ValueError):
-    """A raw file is missing, of the wrong format, or has a malformed row."""
+    """A raw file is missing, of the wrong format, damaged, or has a malformed row."""
 
 
 # Every parsed integer (ids, timestamps) lies in [0, MAX_INT]: it stays exact
@@ -30,6 +37,11 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Row errors: ValueError covers UnicodeDecodeError (invalid UTF-8);
 # RecursionError comes from a pathologically nested JSON / literal line.
 ROW_ERRORS = (ValueError, IndexError, KeyError, TypeError, SyntaxError, RecursionError, OverflowError, MemoryError)
+# Errors of the byte stream itself, never of one row: a truncated .gz
+# (EOFError), corrupt deflate data (zlib.error), a bad gzip header or CRC
+# (gzip.BadGzipFile, an OSError), a failing disk (OSError).
+STREAM_ERRORS = (OSError, EOFError, zlib.error)
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def resolve(directory: Path, name: str) -> Path | None:
@@ -41,10 +53,46 @@ def resolve(directory: Path, name: str) -> Path | None:
 
 
 def open_binary(path: Path) -> IO[bytes]:
-    """The file's bytes, gunzipped when it starts with the gzip magic."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+    """The file's bytes, gunzipped when it starts with the gzip magic.
+
+    Raises :class:`RawDataError` naming ``path`` when it cannot be opened,
+    or when it is named ``*.gz`` but is not gzip (an uncompressed file under
+    a ``.gz`` name would otherwise be read as text, garbage as bad rows).
+    Errors while reading the stream are the caller's to convert, with
+    :func:`stream_error`."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic == GZIP_MAGIC:
+            return gzip.open(path, "rb")
+        if path.name.endswith(".gz"):
+            plain = path.name[: -len(".gz")]
+            raise RawDataError(
+                f"{path}: not gzip data (a .gz file must start with the bytes 1f 8b, this one "
+                f"{'is empty' if not magic else 'starts with ' + magic.hex(' ')}); if it is already uncompressed, "
+                f"rename it to {plain} — a damaged file, not a bad row: --skip_bad_rows cannot skip it"
+            )
+        return open(path, "rb")
+    except STREAM_ERRORS as err:
+        raise stream_error(path, err) from err
+
+
+def stream_error(path: Path, err: BaseException, line: int | None = None) -> RawDataError:
+    """The one-line :class:`RawDataError` for ``err`` (one of ``STREAM_ERRORS``)
+    raised while reading ``path`` (at 1-based ``line`` when known): it names
+    the file, says what broke and that ``--skip_bad_rows`` cannot skip it."""
+    where = f"{path}:{line}" if line else str(path)
+    if isinstance(err, EOFError):
+        what = "the compressed data ends early (truncated .gz?)"
+    elif isinstance(err, (zlib.error, gzip.BadGzipFile)):
+        what = f"corrupt gzip data ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    else:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else (str(err) or type(err).__name__)
+        what = f"cannot read: {reason.splitlines()[0]}"
+    return RawDataError(
+        f"{where}: {what} — a damaged file, not a bad row: --skip_bad_rows cannot skip it; "
+        "re-download or re-compress the file"
+    )
 
 
 @dataclasses.dataclass
@@ -67,9 +115,19 @@ class RowReader:
     ) -> Iterator[Any]:
         """``parse(line)`` of every non-blank line after the checked header
         (``sep``-separated), decoded with ``encoding``. Raises
-        :class:`RawDataError` for a bad header, or a bad row unless skipping."""
+        :class:`RawDataError` for a bad header, a bad row unless skipping, or
+        a damaged file (truncated / corrupt / not gzip, I/O error: named with
+        the line being read, also when skipping)."""
         with open_binary(path) as f:
-            for number, raw in enumerate(f, start=1):
+            number = 0
+            while True:
+                try:
+                    raw = f.readline()
+                except STREAM_ERRORS as err:
+                    raise stream_error(path, err, number + 1) from err
+                if not raw:
+                    break
+                number += 1
                 if number == 1 and header is not None:
                     check_header(path, raw, header, sep, encoding)
                     continue
@@ -79,6 +137,8 @@ class RowReader:
                         continue
                     value = parse(line.rstrip("\r\n"))
                 except ROW_ERRORS as err:
+                    if not self.skip_bad_rows:
+                        check_stream(path, number)  # corrupt gzip data decodes to garbage rows: say so instead
                     self.bad_row(path, number, describe(err))
                     continue
                 yield value
@@ -101,16 +161,38 @@ def describe(err: BaseException) -> str:
 
 def check_header(path: Path, raw: bytes, expected: tuple[str, ...], sep: str, encoding: str = "utf-8") -> None:
     """A csv must start with its header, matched by column names: a file
-    without one would otherwise silently lose its first data row."""
+    without one would otherwise silently lose its first data row. Raises
+    :class:`RawDataError` ``path:1: ...`` otherwise."""
     got = raw.decode(encoding, errors="replace").strip().lstrip("\ufeff")
     if [c.strip() for c in got.split(sep)] != list(expected):
+        check_stream(path, 1)
         raise RawDataError(f"{path}:1: expected the header {sep.join(expected)!r}, got {got[:80]!r}")
 
 
-def read_header(path: Path) -> bytes:
-    """The first line's raw bytes (gunzipped), for :func:`check_header`."""
+def check_stream(path: Path, line: int) -> None:
+    """Reads a gzipped ``path`` to its end and raises :func:`stream_error`
+    (at ``line``, where rows started to look bad) if the gzip stream is
+    truncated or corrupt: damaged deflate data often decodes to garbage rows
+    before the CRC check at the end fails, and the damage, not the row, is
+    what to report. Plain files are not re-read. Called on error paths only."""
     with open_binary(path) as f:
-        return f.readline()
+        if not isinstance(f, gzip.GzipFile):
+            return
+        try:
+            while f.read(1 << 20):
+                pass
+        except STREAM_ERRORS as err:
+            raise stream_error(path, err, line) from err
+
+
+def read_header(path: Path) -> bytes:
+    """The first line's raw bytes (gunzipped), for :func:`check_header`.
+    Raises :class:`RawDataError` ``path:1: ...`` when the file is damaged."""
+    with open_binary(path) as f:
+        try:
+            return f.readline()
+        except STREAM_ERRORS as err:
+            raise stream_error(path, err, 1) from err
 
 
 def split_exact(line: str, sep: str, count: int) -> list[str]:
@@ -152,12 +234,15 @@ def to_float(text: str, what: str) -> float:
 
 def loadtxt(path: Path, dtype: list[tuple[str, str]], sep: str = ",") -> np.ndarray | None:
     """numpy's C parser for the big files (header already checked), or None
-    when any row fails its dtype: the caller's row loop then says where."""
-    try:
-        with open_binary(path) as f:
+    when any row fails its dtype or the stream breaks (a truncated .gz): the
+    caller's row loop then says where (:meth:`RowReader.rows` raises
+    :class:`RawDataError` with the line). Raises :class:`RawDataError` when
+    the file cannot be opened or is a ``.gz`` that is not gzip."""
+    with open_binary(path) as f:
+        try:
             return np.loadtxt(io.TextIOWrapper(f, "utf-8"), delimiter=sep, skiprows=1, ndmin=1, dtype=dtype)
-    except ValueError:
-        return None
+        except (ValueError, *STREAM_ERRORS):
+            return None
 
 
 def require_files(directory: Path, names: Iterable[str], dataset: str, where: str) -> list[Path]:

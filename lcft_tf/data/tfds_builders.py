@@ -66,8 +66,10 @@ class MovieLensConfig(tfds.core.BuilderConfig):
 class LcftMovielens(tfds.core.GeneratorBasedBuilder):
     """MovieLens as CTR samples with click histories (rating >= 4 is a click,
     paper §5.1; rules docs/data.md). Preparing raises what
-    :func:`~lcft_tf.data.movielens.build_movielens` raises, and ``ValueError``
-    when the files' genome width differs from the config's ``genome_dim``."""
+    :func:`~lcft_tf.data.movielens.build_movielens` raises (among them
+    :class:`~lcft_tf.data.raw.RawDataError` naming a damaged raw file), and
+    ``ValueError`` when the files' genome width differs from the config's
+    ``genome_dim``."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -108,7 +110,8 @@ class AmazonConfig(tfds.core.BuilderConfig):
 class LcftAmazon(tfds.core.GeneratorBasedBuilder):
     """Amazon reviews as CTR samples: per-user negative ratios (``default``) or
     DIN's 1:1 (``din``); rules docs/data.md "Amazon". Preparing raises what
-    :func:`~lcft_tf.data.amazon.build_amazon` raises."""
+    :func:`~lcft_tf.data.amazon.build_amazon` raises (among them
+    :class:`~lcft_tf.data.raw.RawDataError` naming a damaged raw file)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}

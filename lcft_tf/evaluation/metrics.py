@@ -2,7 +2,9 @@
 the paired user bootstrap; definitions in docs/evaluation.md.
 
 AUC values are in [0, 1]; a user whose test samples are all one class (or
-who has none) has NaN.
+who has none) has NaN. Labels are raw 0/1 clicks: anything else (2, -1,
+0.5, NaN, +-1 labels, a correction's soft labels) is refused with a
+``ValueError`` rather than read as a click and turned into a wrong number.
 """
 
 from __future__ import annotations
@@ -12,12 +14,36 @@ import dataclasses
 import numpy as np
 
 
+def binary_labels(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as bool ``[S]``, checked to be clicks: bool, or integers /
+    floats each exactly 0 or 1. Raises a one-line ``ValueError`` naming the
+    first other value (2, -1, 0.5, NaN, a soft corrected label, ...) and its
+    index, or for a dtype that is not bool / integer / float, or labels that
+    are not one-dimensional."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 0/1 of shape [S], got shape {labels.shape}")
+    if labels.dtype == np.bool_:
+        return labels
+    if np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating):
+        bad = np.flatnonzero(~((labels == 0) | (labels == 1)))  # NaN compares unequal: refused too
+    else:  # strings, objects, complex: never read as clicks
+        bad = np.arange(min(len(labels), 1))
+    if len(bad):
+        raise ValueError(
+            f"labels must be 0/1 (bool, or integers / floats exactly 0 or 1), got {labels[bad[0]].item()!r} "
+            f"at index {bad[0]} (dtype {labels.dtype}); pass the raw clicks, not corrected or +-1 labels"
+        )
+    return labels == 1 if len(labels) else np.zeros(0, bool)
+
+
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC of one set of samples, ties counted half.
 
-    ``labels``: ``[S]`` 0/1 (any dtype, read as bool); ``scores``: float
-    ``[S]``, finite. Returns a float in [0, 1]; NaN when only one class is
-    present or ``S == 0``. Raises ``ValueError`` as :func:`per_user_auc`.
+    ``labels``: ``[S]`` 0/1 (bool, or integer / float values exactly 0 or
+    1); ``scores``: float ``[S]``, finite. Returns a float in [0, 1]; NaN
+    when only one class is present or ``S == 0``. Raises ``ValueError`` as
+    :func:`per_user_auc` (any other label value included).
     """
     value, _ = per_user_auc(np.zeros(len(labels), np.int64), labels, scores)
     return float(value[0]) if len(value) else float("nan")
@@ -27,16 +53,18 @@ def per_user_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray) -> t
     """AUC of every user id ``0..max(users)`` (vectorised, ties averaged).
 
     ``users``: int ``[S]`` user id >= 0 of each sample; ``labels``: ``[S]``
-    0/1; ``scores``: float ``[S]``. Mann-Whitney rank sums within each user,
+    0/1 (see :func:`binary_labels`); ``scores``: float ``[S]``. Mann-Whitney rank sums within each user,
     a run of equal scores sharing its average rank (ties count half).
 
     Returns ``(auc, count)``: float64 and int64 ``[max(users) + 1]`` (both
     empty when ``S == 0``); ``auc`` is NaN for users whose samples are all
     one class (or who have none), ``count`` their number of samples.
-    Raises ``ValueError`` if the lengths differ or a score is NaN / inf.
+    Raises ``ValueError`` if the lengths differ, a score is NaN / inf, or a
+    label is not 0/1 (:func:`binary_labels`: the message names the first
+    bad value; 2, -1, 0.5, NaN and soft corrected labels are all refused).
     """
     users = np.asarray(users, dtype=np.int64)
-    labels = np.asarray(labels).astype(bool)
+    labels = binary_labels(labels)
     scores = np.asarray(scores, dtype=np.float64)
     if not (len(users) == len(labels) == len(scores)):
         raise ValueError("users, labels and scores must have the same length")
@@ -85,7 +113,9 @@ def user_weighted_auc(users: np.ndarray, labels: np.ndarray, scores: np.ndarray)
     """Eq. 12: per-user AUC averaged with weights = the user's test samples;
     users whose test samples are all one class are left out (and counted).
 
-    Arguments and errors as :func:`per_user_auc` (``[S]`` per test sample).
+    Arguments and errors as :func:`per_user_auc` (``[S]`` per test sample):
+    ``ValueError`` for mismatched lengths, a NaN / inf score or a label
+    that is not 0/1.
     """
     return weighted_user_mean(*per_user_auc(users, labels, scores))
 
