@@ -11,7 +11,10 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Protocol
+
+from lcft_tf.fleet.errors import WorkerLostError
 
 
 class Executor(Protocol):
@@ -25,6 +28,11 @@ class Executor(Protocol):
         exception reaches the caller."""
         ...
 
+    def start(self) -> None:
+        """Connect to what the executor needs (a Ray cluster) now, so that a bad
+        address fails before a run writes anything; raises ``ValueError``."""
+        ...
+
     def close(self) -> None:
         """Release what the executor started (idempotent)."""
         ...
@@ -32,6 +40,9 @@ class Executor(Protocol):
 
 class SerialExecutor:
     """Runs every task in this process (tests, debugging, one core)."""
+
+    def start(self) -> None:
+        """Nothing to connect to."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -50,6 +61,9 @@ class ProcessExecutor:
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
 
+    def start(self) -> None:
+        """Nothing to connect to: each call starts its own pool."""
+
     def close(self) -> None:
         """Nothing to release: each call's pool is shut down when it ends."""
 
@@ -67,6 +81,10 @@ class ProcessExecutor:
             try:
                 for future in concurrent.futures.as_completed(futures):
                     yield future.result()
+            except BrokenProcessPool as err:
+                for future in futures:
+                    future.cancel()
+                raise WorkerLostError(f"a worker process died ({err})") from None
             except BaseException:
                 for future in futures:
                     future.cancel()
