@@ -138,8 +138,20 @@ def _dies(users):
 
 
 def test_a_worker_process_that_dies_is_a_worker_lost_error(run, tmp_path):
-    from lcft_tf.fleet.errors import WorkerLostError
+    from lcft_tf.fleet.lifecycle import WorkerLostError
 
     with pytest.raises(WorkerLostError, match="a worker process died"):
         simulate(run["export"], run["dataset"], tmp_path / "fleet", dataclasses.replace(run["fleet"], methods=("cloud",)),
                  executor=ProcessExecutor(2), chunk_task=_dies)
+
+
+def test_a_worker_started_after_its_parent_died_exits_at_once():
+    """The parent's pid comes from the parent: a worker still importing when
+    the run is killed is already reparented, and must not adopt its new parent."""
+    import subprocess
+    import sys
+
+    code = ("import os, time; from lcft_tf.fleet.lifecycle import exit_with_parent; "
+            "exit_with_parent(os.getppid() + 1_000_000); time.sleep(600)")
+    done = subprocess.run([sys.executable, "-c", code], timeout=300)
+    assert done.returncode == 1

@@ -14,7 +14,7 @@ import os
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Protocol
 
-from lcft_tf.fleet.errors import WorkerLostError
+from lcft_tf.fleet.lifecycle import WorkerLostError, exit_with_parent
 
 
 class Executor(Protocol):
@@ -36,6 +36,11 @@ class Executor(Protocol):
     def close(self) -> None:
         """Release what the executor started (idempotent)."""
         ...
+
+
+def _start_child(parent: int, initializer: Callable[..., None], initargs: tuple) -> None:
+    exit_with_parent(parent)
+    initializer(*initargs)
 
 
 class SerialExecutor:
@@ -74,8 +79,8 @@ class ProcessExecutor:
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(self.workers, max(len(tasks), 1)),
             mp_context=context,
-            initializer=initializer,
-            initargs=initargs,
+            initializer=_start_child,
+            initargs=(os.getpid(), initializer, initargs),
         ) as pool:
             futures = [pool.submit(fn, task) for task in tasks]
             try:

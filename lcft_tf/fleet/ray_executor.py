@@ -27,7 +27,7 @@ import logging
 import os
 from typing import Any, Callable, Iterator
 
-from lcft_tf.fleet.errors import WorkerLostError
+from lcft_tf.fleet.lifecycle import WorkerLostError, exit_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class _DeviceWorker:
 
     def __init__(self, setup: tuple[Callable[..., None], tuple, Callable[[Any], Any]]):
         initializer, initargs, self._fn = setup
+        exit_with_parent(os.getppid())  # the raylet that started this actor
         initializer(*initargs)
 
     def run(self, task: Any) -> Any:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,23 +38,6 @@ from lcft_tf.device.submodel import SubmodelDevice
 from lcft_tf.fleet.config import FleetConfig
 
 log = logging.getLogger(__name__)
-
-PARENT_POLL_SECONDS = 0.5
-
-
-def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
-    """Start a daemon thread that ends this worker process as soon as its
-    parent is gone (reparented), so a killed run leaves no orphans."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(poll_seconds)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
 
 def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
     """Whether the fleet runs users on the submodel exported beside
@@ -82,7 +63,7 @@ class WorkerSetup:
     config: FleetConfig
     chunk_dir: str | None = None
     coda_dir: str | None = None
-    in_child: bool = True  # a child process: exit when the parent dies
+    in_child: bool = True  # another process: a start failure is raised by its tasks
 
 
 class DeviceWorker:
@@ -241,8 +222,6 @@ def start_worker(setup: WorkerSetup) -> None:
     reaches the caller whatever the executor."""
     global _CURRENT, _START_ERROR
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if setup.in_child:
-        exit_with_parent()
     try:
         _CURRENT, _START_ERROR = DeviceWorker(setup), None
     except Exception as err:  # raised again by current_worker(), in the caller's process
