@@ -155,3 +155,16 @@ def test_executor_settings_are_checked():
         FleetConfig(executor="process", ray_address="auto")
     # where the fleet runs is not part of its key (a resume may switch executors)
     assert FleetConfig(executor="ray", ray_address="auto", workers=8).key() == FleetConfig().key()
+
+
+def test_a_task_error_reaches_the_caller_as_its_own_one_line_reason(local_ray, setup, tmp_path):
+    _, path, root, _ = setup
+    bad = tmp_path / path.name
+    bad.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # no longer the file its metadata describes
+    bad.with_suffix(".json").write_bytes(path.with_suffix(".json").read_bytes())
+    executor = RayExecutor(2)
+    with pytest.raises(ValueError) as err:
+        simulate(bad, root / "dataset", tmp_path / "fleet", FLEET, executor=executor)
+    message = str(err.value)
+    assert "does not match the sha256" in message
+    assert "ray::" not in message and "\x1b[" not in message and len(message.splitlines()) == 1

@@ -177,11 +177,13 @@ def test_methods_without_cloud_are_refused_up_front():
 
 
 _ORPHAN_PARENT = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 from lcft_tf.fleet import worker
 
 def slow_chunk(users):
-    time.sleep(30)
+    (Path(sys.argv[3]).parent / f"busy-{os.getpid()}").touch()  # this worker is inside its task
+    time.sleep(300)
     return worker.run_chunk(users)
 
 from lcft_tf.fleet.config import FleetConfig
@@ -207,16 +209,16 @@ def test_fleet_workers_exit_when_the_parent_is_killed(finished, tmp_path):
     )
     try:
         assert parent.stdout.readline().strip() == "start"
-        deadline = time.time() + 60
-        workers: list[psutil.Process] = []
-        while time.time() < deadline and len(workers) < 2:  # the pool's two workers are up
-            workers = [c for c in psutil.Process(parent.pid).children(recursive=True)
-                       if "resource_tracker" not in " ".join(c.cmdline())]
+        deadline = time.time() + 600  # a bound for a stuck machine; the wait is for a state, not a time
+        busy: list[Path] = []
+        while time.time() < deadline and len(busy) < 2:  # both workers are inside a task
+            busy = list(tmp_path.glob("busy-*"))
             time.sleep(0.2)
-        assert len(workers) >= 2
+        assert len(busy) >= 2
+        workers = [psutil.Process(int(p.name.split("-")[1])) for p in busy]
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait()
-        _, alive = psutil.wait_procs(workers, timeout=15)
+        _, alive = psutil.wait_procs(workers, timeout=60)  # returns as soon as both have exited
         assert alive == [], f"orphaned workers still running: {[p.pid for p in alive]}"
     finally:
         if parent.poll() is None:

@@ -59,6 +59,30 @@ class Retrieval:
         return cls(ids=ids, scores=scores, stats=json.loads(meta.get("stats", "{}")))
 
 
+def check_retrieval(retrieval: Retrieval, offsets: np.ndarray, split: np.ndarray, where: str) -> None:
+    """Refuse a retrieval that does not belong to this dataset or would leak:
+    one row per user, ids in ``[0, N)`` (``-1`` padding), and each retrieved
+    sample a *train* sample of *another* user (docs/coda.md). ``offsets``
+    ``[U + 1]`` and ``split`` ``[U]`` are the dataset's user blocks and the
+    index of each user's first test sample. Raises ``ValueError`` naming
+    ``where`` and the first offending user."""
+    offsets, split, ids = np.asarray(offsets), np.asarray(split), retrieval.ids
+    num_users, num_samples = len(offsets) - 1, int(offsets[-1])
+    if ids.shape[0] != num_users:
+        raise ValueError(f"{where}: {ids.shape[0]} users retrieved for, the dataset has {num_users} (another dataset?)")
+    if ids.size and (ids.min() < -1 or ids.max() >= num_samples):
+        raise ValueError(f"{where}: sample ids outside [0, {num_samples}) (another dataset?)")
+    found = ids >= 0
+    owner = np.searchsorted(offsets, np.where(found, ids, 0), side="right") - 1
+    own = found & (owner == np.arange(num_users)[:, None])
+    test = found & (ids >= split[owner])
+    for what, bad in (("the user's own samples", own), ("test samples", test)):
+        if bad.any():
+            user = int(np.flatnonzero(bad.any(axis=1))[0])
+            raise ValueError(f"{where}: user {user} is given {what} (a leak; retrieval must come from other "
+                             "users' train samples)")
+
+
 @dataclasses.dataclass
 class CodaInputs:
     """What a fleet worker reads from the CoDA folder."""

@@ -86,7 +86,8 @@ class SubmodelLayout:
     capacity: int
     tables: dict[str, TableLayout]
     feature_tables: dict[str, str]  # feature name -> table, for id features
-    full_sha256: str
+    full_sha256: str  # the full model this submodel, and every pack and update of it, belongs to
+    spec: FeatureSpec | None = None  # the submodel's features: names, dtypes, shapes (ids are checked by it)
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, Any]) -> "SubmodelLayout":
@@ -101,7 +102,7 @@ class SubmodelLayout:
             for t, d in sub["tables"].items()
         }
         return cls(int(sub["capacity"]), tables, {f.name: f.table for f in spec.sparse + spec.sequences},
-                   sub["full_model"]["tflite_sha256"])
+                   sub["full_model"]["tflite_sha256"], spec)
 
     @property
     def table_state(self) -> dict[str, str]:
@@ -121,10 +122,14 @@ class Pack:
 
     def __post_init__(self) -> None:
         self._lookup = {}
+        if set(self.id_maps) != set(self.layout.tables):
+            raise ValueError(f"pack id maps {sorted(self.id_maps)} differ from the submodel's tables "
+                             f"{sorted(self.layout.tables)}")
         for table, ids in self.id_maps.items():
             layout = self.layout.tables[table]
             if ids.shape != (layout.rows,):
                 raise ValueError(f"id map of table {table!r}: shape {ids.shape}, the submodel has ({layout.rows},)")
+            _check_id_map(table, ids, layout)
             used = np.flatnonzero(ids != EMPTY)
             order = np.argsort(ids[used], kind="stable")
             sorted_ids, slots = ids[used][order], used[order]
@@ -148,7 +153,12 @@ class Pack:
         return np.where(hit, slots[pos] if len(slots) else 0, out).astype(np.int32)
 
     def remap(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Features with every id replaced by its slot (dense features as is)."""
+        """Features with every id replaced by its slot (dense features as is).
+        The features are first checked as the full model checks them (names,
+        shapes, ids cast to int32 only when exact), so an id the full model
+        refuses (2**32 + 5, 7.9) is refused here too, with ``ValueError``."""
+        if self.layout.spec is not None:
+            features = self.layout.spec.validate(features)
         out = {}
         for name, value in features.items():
             table = self.layout.feature_tables.get(name)
@@ -172,13 +182,37 @@ class Pack:
     @classmethod
     def from_bytes(cls, layout: SubmodelLayout, data: bytes) -> "Pack":
         """A pack of :meth:`to_bytes` for ``layout``; raises ``ValueError`` for
-        unreadable bytes or id maps of other tables."""
-        _, tensors = parse_safetensors(data, "pack")
+        unreadable bytes, a pack cut from another export or capacity, id maps
+        of other tables, or id maps that break the reserved slots."""
+        meta, tensors = parse_safetensors(data, "pack")
+        _check_origin("pack", meta.get("format"), meta.get("full_model_sha256"), meta.get("capacity"), layout)
         maps = {k[len(IDMAP_PREFIX):]: v for k, v in tensors.items() if k.startswith(IDMAP_PREFIX)}
         if set(maps) != set(layout.tables):
             raise ValueError(f"pack id maps {sorted(maps)} differ from the submodel's tables {sorted(layout.tables)}")
         state = {k: v for k, v in tensors.items() if not k.startswith(IDMAP_PREFIX)}
         return cls(layout, state, {t: v.astype(np.int64) for t, v in maps.items()})
+
+
+def _check_id_map(table: str, ids: np.ndarray, layout: TableLayout) -> None:
+    """An id map keeps every reserved id at its own slot, and a table shipped
+    whole keeps the identity map; else predictions would silently read other
+    rows. Raises ``ValueError``."""
+    if layout.rows == layout.vocab_size and not np.array_equal(ids, np.arange(layout.rows)):
+        raise ValueError(f"id map of table {table!r}: a table shipped whole must map every id to itself")
+    for r in layout.reserved_ids:
+        if ids[r] != r:
+            raise ValueError(f"id map of table {table!r}: reserved id {r} must sit in slot {r}, found {int(ids[r])}")
+
+
+def _check_origin(what: str, fmt, full_sha256, capacity, layout: SubmodelLayout) -> None:
+    """A pack or update must come from this submodel's export and capacity."""
+    if fmt != PACK_FORMAT:
+        raise ValueError(f"{what} format {fmt!r}, this package reads {PACK_FORMAT!r}")
+    if full_sha256 != layout.full_sha256:
+        raise ValueError(f"{what} was cut from another export (full model sha256 {str(full_sha256)[:12]}…, "
+                         f"this submodel's is {layout.full_sha256[:12]}…)")
+    if str(capacity) != str(layout.capacity):
+        raise ValueError(f"{what} has capacity {capacity}, this submodel {layout.capacity}")
 
 
 def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
@@ -235,16 +269,20 @@ def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
 class SparseUpdate:
     """What a device uploads after fine-tuning: for each table the global
     rows that changed and their new values (weights and optimizer slots),
-    and every non-table tensor whole."""
+    every non-table tensor whole, and the export and capacity it belongs to
+    (checked by :func:`apply_update`)."""
 
-    rows: dict[str, np.ndarray]  # table -> global row indices (vocab_size = OOV row)
+    rows: dict[str, np.ndarray]  # table -> global row indices [R] int64 (vocab_size = OOV row)
     values: dict[str, np.ndarray]  # table state name -> [len(rows[table]), ...]
     dense: dict[str, np.ndarray]
+    full_sha256: str = ""  # the full model's export
+    capacity: int = 0
 
 
 def sparse_update(pack: Pack, trained: Mapping[str, np.ndarray]) -> SparseUpdate:
     """The rows of ``trained`` (the submodel's ``save()`` after fine-tuning
-    from ``pack``) that differ from the pack, as global rows."""
+    from ``pack``) that differ from the pack, as global rows. Raises
+    ``ValueError`` when an empty slot changed (ids were not remapped)."""
     layout = pack.layout
     rows, values, dense = {}, {}, {}
     for table, t in layout.tables.items():
@@ -262,19 +300,47 @@ def sparse_update(pack: Pack, trained: Mapping[str, np.ndarray]) -> SparseUpdate
     for name, value in trained.items():
         if name not in table_of:
             dense[name] = np.array(value)
-    return SparseUpdate(rows, values, dense)
+    return SparseUpdate(rows, values, dense, layout.full_sha256, layout.capacity)
 
 
 def apply_update(global_state: Mapping[str, np.ndarray], layout: SubmodelLayout,
                  update: SparseUpdate) -> dict[str, np.ndarray]:
     """A new global state: ``global_state`` with ``update``'s rows and dense
-    tensors written in (the input is not modified)."""
+    tensors written in (the input is not modified).
+
+    Everything is checked before anything is written, each failure a
+    ``ValueError``: the update comes from this export and capacity; it names
+    every table, table tensor and dense tensor of the state and nothing else;
+    rows are in ``[0, vocab_size]`` (the last being the OOV row) without
+    repeats; values have exactly the rows' shape; every value is finite."""
+    _check_origin("update", PACK_FORMAT, update.full_sha256, update.capacity, layout)
+    table_of = layout.table_state
+    if set(update.rows) != set(layout.tables):
+        raise ValueError(f"update tables {sorted(update.rows)} differ from the submodel's {sorted(layout.tables)}")
+    if set(update.values) != set(table_of) or set(update.dense) != set(global_state) - set(table_of):
+        raise ValueError("update tensors differ from the state's (missing or unknown names)")
+    for table, t in layout.tables.items():
+        rows = np.asarray(update.rows[table])
+        if rows.dtype.kind not in "iu" or rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() > t.vocab_size)) \
+                or len(np.unique(rows)) != len(rows):
+            raise ValueError(f"update rows of table {table!r} must be distinct integers in [0, {t.vocab_size}]")
+        for name in t.state:
+            want = (len(rows), *global_state[name].shape[1:])
+            _check_values(name, update.values[name], want, global_state[name].dtype)
+    for name, value in update.dense.items():
+        _check_values(name, value, global_state[name].shape, global_state[name].dtype)
     out = {k: np.array(v) for k, v in global_state.items()}
     for table, t in layout.tables.items():
         for name in t.state:
             out[name][update.rows[table]] = update.values[name]
     for name, value in update.dense.items():
-        if out[name].shape != value.shape:
-            raise ValueError(f"update tensor {name!r}: shape {value.shape}, the global state has {out[name].shape}")
         out[name] = np.array(value)
     return out
+
+
+def _check_values(name: str, value: np.ndarray, shape: tuple, dtype) -> None:
+    value = np.asarray(value)
+    if value.shape != tuple(shape) or value.dtype != dtype:
+        raise ValueError(f"update tensor {name!r}: {value.dtype}{list(value.shape)}, the state needs {dtype}{list(shape)}")
+    if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        raise ValueError(f"update tensor {name!r} contains NaN or inf")

@@ -1,5 +1,6 @@
 """Datasets: the synthetic drift generator (default), real-data loaders and the per-user view."""
 
+import os
 from typing import TYPE_CHECKING
 
 from lcft_tf.data.dataset import CTRDataset, UserView
@@ -77,3 +78,28 @@ def load_real_dataset(
     dataset.save(cache)
     atomic_write(marker, json.dumps(print_, indent=2).encode())  # last: marks the cache complete
     return dataset
+
+
+def raw_files(name: str, data_dir: str | os.PathLike | None, **options) -> list:
+    """The raw files dataset ``name`` (movielens / amazon) reads from
+    ``data_dir`` with these loader options, checked to exist without reading
+    them (a run checks its inputs before it writes anything). Raises
+    ``ValueError`` for an unknown dataset or options, ``FileNotFoundError``
+    naming every missing file."""
+    from pathlib import Path
+
+    from lcft_tf.data import amazon, movielens
+
+    kinds = {"movielens": movielens.MovieLensOptions, "amazon": amazon.AmazonOptions}
+    if name not in kinds:
+        raise ValueError(f"unknown dataset {name!r}; choose from ['synthetic', 'movielens', 'amazon']")
+    opts = kinds[name](**options)
+    if not data_dir:
+        where = movielens.WHERE if name == "movielens" else amazon.WHERE
+        raise FileNotFoundError(f"{name}: pass --data_dir, the folder holding the raw files ({where})")
+    directory = Path(data_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{name}: --data_dir {directory} is not a folder")
+    if name == "movielens":
+        return movielens.raw_files(directory, movielens.detect_format(directory), opts.use_genome)
+    return [f for f in amazon.raw_files(directory, opts.category) if f is not None]

@@ -11,7 +11,10 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Protocol
+
+from lcft_tf.fleet.lifecycle import WorkerLostError, exit_with_parent
 
 
 class Executor(Protocol):
@@ -25,13 +28,26 @@ class Executor(Protocol):
         exception reaches the caller."""
         ...
 
+    def start(self) -> None:
+        """Connect to what the executor needs (a Ray cluster) now, so that a bad
+        address fails before a run writes anything; raises ``ValueError``."""
+        ...
+
     def close(self) -> None:
         """Release what the executor started (idempotent)."""
         ...
 
 
+def _start_child(parent: int, initializer: Callable[..., None], initargs: tuple) -> None:
+    exit_with_parent(parent)
+    initializer(*initargs)
+
+
 class SerialExecutor:
     """Runs every task in this process (tests, debugging, one core)."""
+
+    def start(self) -> None:
+        """Nothing to connect to."""
 
     def close(self) -> None:
         """Nothing to release."""
@@ -50,6 +66,9 @@ class ProcessExecutor:
     def __init__(self, workers: int = 0):
         self.workers = workers or os.cpu_count() or 1
 
+    def start(self) -> None:
+        """Nothing to connect to: each call starts its own pool."""
+
     def close(self) -> None:
         """Nothing to release: each call's pool is shut down when it ends."""
 
@@ -60,13 +79,17 @@ class ProcessExecutor:
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=min(self.workers, max(len(tasks), 1)),
             mp_context=context,
-            initializer=initializer,
-            initargs=initargs,
+            initializer=_start_child,
+            initargs=(os.getpid(), initializer, initargs),
         ) as pool:
             futures = [pool.submit(fn, task) for task in tasks]
             try:
                 for future in concurrent.futures.as_completed(futures):
                     yield future.result()
+            except BrokenProcessPool as err:
+                for future in futures:
+                    future.cancel()
+                raise WorkerLostError(f"a worker process died ({err})") from None
             except BaseException:
                 for future in futures:
                     future.cancel()

@@ -27,6 +27,8 @@ import logging
 import os
 from typing import Any, Callable, Iterator
 
+from lcft_tf.fleet.lifecycle import WorkerLostError, exit_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +37,7 @@ class _DeviceWorker:
 
     def __init__(self, setup: tuple[Callable[..., None], tuple, Callable[[Any], Any]]):
         initializer, initargs, self._fn = setup
+        exit_with_parent(os.getppid())  # the raylet that started this actor
         initializer(*initargs)
 
     def run(self, task: Any) -> Any:
@@ -67,6 +70,8 @@ class RayExecutor:
         except ImportError:
             raise ValueError("executor 'ray' needs Ray: pip install 'lcft-tf[ray]'") from None
         if not ray.is_initialized():
+            if self.address not in (None, "auto", "local"):
+                check_reachable(self.address)
             if self.address is None:
                 cpus = self.workers or os.cpu_count() or 1
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
@@ -101,6 +106,12 @@ class RayExecutor:
         try:
             pool = ActorPool(self.actors)
             yield from pool.map_unordered(lambda a, task: a.run.remote(task), tasks)
+        except ray.exceptions.RayTaskError as err:  # the task's own error, as the process pool reports it
+            raise err.cause from None
+        except ray.exceptions.RayActorError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise WorkerLostError(f"a Ray worker died and its restarts ({self.max_restarts}) are used up: "
+                                  f"{_plain(reason)}") from None
         finally:
             for a in self.actors:
                 ray.kill(a, no_restart=True)
@@ -113,6 +124,32 @@ class RayExecutor:
 
             ray.shutdown()
             self._started_ray = False
+
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+
+
+def _plain(text: str) -> str:
+    """``text`` without terminal colour codes (Ray colours its messages)."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Raise ``ValueError`` in one line unless ``address`` (``host:port`` or
+    ``ray://host:port``) accepts a TCP connection within ``timeout`` seconds:
+    ``ray.init`` itself retries an unreachable address for many minutes."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"Ray address {address!r} must be auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(f"cannot reach Ray at {address} ({err.strerror or err}); start it "
+                         "(ray start --head) or fix --ray_address") from None
 
 
 def _worker_env() -> dict[str, Any]:

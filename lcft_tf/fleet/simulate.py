@@ -26,8 +26,9 @@ from typing import Any, Callable, Iterator
 from lcft_tf import methods
 from lcft_tf._io import atomic_write, to_json
 from lcft_tf.artifacts.coda_files import FILES as CODA_FILES
-from lcft_tf.artifacts.fleet_chunks import (CHUNKS, MANIFEST, MANIFEST_FORMAT, ChunkError, FleetResults, chunk_name,
-                                            load_results, read_chunk)
+from lcft_tf.artifacts.coda_files import RETRIEVAL, Retrieval, check_retrieval
+from lcft_tf.artifacts.fleet_chunks import (CHUNKS, MANIFEST, MANIFEST_FORMAT, ChunkError, FleetResults, add_stats,
+                                            chunk_name, load_results, read_chunk, read_manifest)
 from lcft_tf.artifacts.tflite import read_metadata, submodel_file
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.fleet import worker
@@ -80,22 +81,27 @@ def simulate(
     setup = worker.WorkerSetup(str(model_path), str(dataset_dir), config, str(out_dir / CHUNKS),
                                None if coda_dir is None else str(coda_dir))
     began = time.perf_counter()
-    totals = _run_tasks(out_dir, manifest, setup, tasks, executor, chunk_task, name, stop - start)
+    now = _run_tasks(out_dir, manifest, setup, tasks, executor, chunk_task, name, stop - start)
     seconds = time.perf_counter() - began
     results = load_results(out_dir, config.methods, methods.of_kind(config.methods, "coda"))
-    simulated = sum(b - a for a, b in tasks)
+    every = results.stats  # summed over every chunk, resumed ones included
+    simulated, steps_now = sum(b - a for a, b in tasks), sum(now.get("steps", {}).values())
     results.stats = {
         "seconds": seconds,
         "users_simulated_now": simulated,
         "users_per_second": simulated / seconds if seconds > 0 and simulated else None,
-        "device_train_steps": totals["steps"],
-        "device_steps_rolled_back": totals["rolled_back"],  # non-finite steps dropped (docs/loss_and_correction.md)
-        "device_steps_per_second": totals["steps"] / seconds if seconds > 0 and totals["steps"] else None,
+        "device_train_steps": sum(every.get("steps", {}).values()),
+        # steps the model's guard dropped (non-finite; docs/loss_and_correction.md), per method too
+        "device_steps_rolled_back": sum(every.get("rolled_back", {}).values()),
+        "device_train_steps_by_method": every.get("steps", {}),
+        "device_steps_rolled_back_by_method": every.get("rolled_back", {}),
+        "device_steps_per_second": steps_now / seconds if seconds > 0 and steps_now else None,
         "resumed_chunks": len(done),
         # which runtime model ran (docs/submodels.md): the per-device submodel or the full tables
         "submodel": {"mode": "on" if submodel else "off", "requested": config.submodel,
                      "capacity": submodel["capacity"] if submodel else None,
-                     "users_on_submodel": totals["submodel_users"], "users_on_full_model": totals["full_users"]},
+                     "users_on_submodel": every.get("submodel_users", 0),
+                     "users_on_full_model": every.get("full_users", 0)},
         "manifest_hash": manifest["hash"],
         **({"coda_mean_kept": {m: float(k.mean()) if len(k) else None for m, k in results.kept.items()}}
            if results.kept else {}),
@@ -119,6 +125,8 @@ def _key(model_path: Path, dataset: CTRDataset, users: tuple[int, int], config: 
             raise ValueError(f"methods {list(coda_methods)} need the cloud's CoDA files "
                              "(coda_dir, see lcft_tf.cloud.coda_prepare.prepare_coda)")
         key["coda_files"] = digest_files(Path(coda_dir), CODA_FILES)
+        retrieval = Path(coda_dir) / RETRIEVAL
+        check_retrieval(Retrieval.load(retrieval), dataset.offsets, dataset.split, str(retrieval))
     submodel = None
     if worker.use_submodel(model_path, config.submodel):  # "on" without a submodel file fails here, in one line
         # "auto" depends on the files: a resume must not mix chunks of the two models
@@ -133,10 +141,15 @@ def _open_manifest(out_dir: Path, key: dict[str, Any], users: tuple[int, int], r
     chunk_dir, manifest_path = out_dir / CHUNKS, out_dir / MANIFEST
     manifest = {"format": MANIFEST_FORMAT, "hash": config_hash(key), "key": json.loads(to_json(key)),
                 "users": list(users), "chunks": {}}
+    previous = None
     if resume and manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        if previous.get("hash") != manifest["hash"]:
-            changes = changed_fields(previous.get("key", {}), manifest["key"]) or ["manifest format"]
+        try:
+            previous = read_manifest(out_dir)
+        except ChunkError as err:  # damaged like any stage output: recomputed, with a warning naming it
+            log.warning("recomputing every chunk: %s", err)
+    if previous is not None:
+        if previous["hash"] != manifest["hash"]:
+            changes = changed_fields(previous["key"], manifest["key"]) or ["manifest format"]
             raise ConfigChangedError(f"cannot resume the fleet in {out_dir}: {'; '.join(changes[:4])}")
         chunk_dir.mkdir(parents=True, exist_ok=True)
         manifest["chunks"] = _verified_chunks(previous, chunk_dir)
@@ -165,23 +178,22 @@ def _verified_chunks(manifest: dict[str, Any], chunk_dir: Path) -> dict[str, dic
 
 
 def _run_tasks(out_dir: Path, manifest: dict, setup: worker.WorkerSetup, tasks: list, executor: Executor | None,
-               chunk_task: Callable, name: str, total: int) -> dict[str, int]:
+               chunk_task: Callable, name: str, total: int) -> dict[str, Any]:
     """Run the pending chunks, listing each in the manifest as it arrives;
-    returns the summed worker statistics."""
+    returns the statistics of the chunks computed now, summed."""
     from tqdm.auto import tqdm
 
     owned = executor is None
     executor = executor or make_executor(setup.config.executor, setup.config.workers, setup.config.ray_address)
     setup = _in_process(setup, executor)
-    totals = dict.fromkeys(("steps", "rolled_back", "submodel_users", "full_users"), 0)
+    totals: dict[str, Any] = {}
     # Results reach this process whatever the executor, so the bar (users/s
     # and ETA; off when stderr is not a terminal) is updated here.
     try:
         with tqdm(total=total, initial=total - sum(b - a for a, b in tasks), desc=name, unit="user",
                   disable=None) as bar:
             for entry in executor.map_unordered(worker.start_worker, (setup,), chunk_task, tasks):
-                for k in totals:
-                    totals[k] += entry.pop(k)
+                add_stats(totals, entry["stats"])
                 manifest["chunks"][chunk_name(entry["users"][0])] = entry
                 atomic_write(out_dir / MANIFEST, to_json(manifest))  # a chunk counts once the manifest lists it
                 bar.update(entry["users"][1] - entry["users"][0])

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,23 +38,6 @@ from lcft_tf.device.submodel import SubmodelDevice
 from lcft_tf.fleet.config import FleetConfig
 
 log = logging.getLogger(__name__)
-
-PARENT_POLL_SECONDS = 0.5
-
-
-def exit_with_parent(poll_seconds: float = PARENT_POLL_SECONDS) -> None:
-    """Start a daemon thread that ends this worker process as soon as its
-    parent is gone (reparented), so a killed run leaves no orphans."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                os._exit(1)
-            time.sleep(poll_seconds)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
 
 def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
     """Whether the fleet runs users on the submodel exported beside
@@ -82,7 +63,7 @@ class WorkerSetup:
     config: FleetConfig
     chunk_dir: str | None = None
     coda_dir: str | None = None
-    in_child: bool = True  # a child process: exit when the parent dies
+    in_child: bool = True  # another process: a start failure is raised by its tasks
 
 
 class DeviceWorker:
@@ -135,17 +116,20 @@ class DeviceWorker:
             retrieved = (pack.remap(retrieved[0]), *retrieved[1:])
         return self.submodel.device, pack.state, pack.remap(view.train_features), pack.remap(view.test_features), retrieved
 
-    def predict_user(self, u: int, view: UserView) -> tuple[dict[str, np.ndarray], dict[str, int], int, bool]:
-        """Every configured method's test predictions for user ``u``, the
-        kept retrieved samples per CoDA method, the device train steps taken,
-        and whether the user ran on the submodel."""
+    def predict_user(self, u: int, view: UserView, stats: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Every configured method's test predictions for user ``u`` and the
+        kept retrieved samples per CoDA method; adds the user's device train
+        steps and rolled-back steps per method, and the runtime it ran on, to
+        ``stats`` (:func:`new_chunk_stats`)."""
         config = self.config
         coda_methods = methods.of_kind(config.methods, "coda")
         runner, state, train, test, retrieved = self.runner_for(u, view, self.retrieved(u) if coda_methods else None)
-        predictions, kept, steps = {}, {}, 0
+        stats["submodel_users" if runner is not self.device else "full_users"] += 1
+        predictions, kept = {}, {}
         matches: dict = {}  # the user's fine matching, shared by coda and coda_lcft
         for name in config.methods:
             method, rows = methods.get(name), len(view.train_labels)
+            rolled_before = runner.rolled_back_steps
             if method.kind == "coda":
                 predictions[name], kept[name] = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
                 rows += kept[name]
@@ -154,8 +138,9 @@ class DeviceWorker:
                 predictions[name] = fine_tune_and_predict(runner, state, train, labels, test, config.learning_rate,
                                                           config.epochs)
             if method.fine_tunes:
-                steps += config.epochs * -(-rows // self.device.batch_size)
-        return predictions, kept, steps, runner is not self.device
+                stats["steps"][name] += config.epochs * -(-rows // self.device.batch_size)
+            stats["rolled_back"][name] += runner.rolled_back_steps - rolled_before
+        return predictions, kept
 
     def _coda(self, method: str, u: int, view: UserView, runner, state, train, test, retrieved,
               matches: dict) -> tuple[np.ndarray, int]:
@@ -184,13 +169,12 @@ class DeviceWorker:
         records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
         predictions: dict[str, list] = {m: [] for m in config.methods}
         kept: dict[str, list] = {m: [] for m in coda_methods}
-        steps, rolled_back, packed, on_full = 0, self.rolled_back_steps, 0, 0
+        stats = new_chunk_stats(config.methods)
         for u in range(*users):
             view = self.dataset.user(u)
             if len(view.test_labels) == 0:
                 continue  # nothing to evaluate
-            user_predictions, user_kept, user_steps, on_submodel = self.predict_user(u, view)
-            packed, on_full, steps = packed + on_submodel, on_full + (not on_submodel), steps + user_steps
+            user_predictions, user_kept = self.predict_user(u, view, stats)
             for key, value in (("user", u), ("local_ctr", view.local_ctr), ("num_train", len(view.train_labels)),
                                ("num_test", len(view.test_labels)), ("labels", view.test_labels)):
                 records[key].append(value)
@@ -207,10 +191,16 @@ class DeviceWorker:
             **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
             **{f"kept.{m}": np.asarray(k, np.int64) for m, k in kept.items()},
         }
-        data = encode_chunk(users, arrays)
+        data = encode_chunk(users, arrays, stats)
         atomic_write(self.chunk_dir / chunk_name(users[0]), data)
-        return {"users": list(users), "sha256": sha256(data), "steps": steps,
-                "rolled_back": self.rolled_back_steps - rolled_back, "submodel_users": packed, "full_users": on_full}
+        return {"users": list(users), "sha256": sha256(data), "stats": stats}
+
+
+def new_chunk_stats(method_names) -> dict[str, Any]:
+    """A chunk's statistics, zero: device train steps and steps the model's
+    guard rolled back, per method; users on the submodel / the full model."""
+    return {"steps": dict.fromkeys(method_names, 0), "rolled_back": dict.fromkeys(method_names, 0),
+            "submodel_users": 0, "full_users": 0}
 
 
 def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
@@ -219,19 +209,32 @@ def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
 
 # -- the worker of this process, for executors' module-level task functions ------
 _CURRENT: DeviceWorker | None = None
+_START_ERROR: Exception | None = None
 
 
 def start_worker(setup: WorkerSetup) -> None:
-    """Executor initializer: load this process's :class:`DeviceWorker`."""
-    global _CURRENT
+    """Executor initializer: load this process's :class:`DeviceWorker`.
+
+    A failure here (a model file that no longer matches its metadata, bad
+    interpreter threads) is kept and raised by every task instead: an
+    initializer's exception would only break the process pool
+    (``BrokenProcessPool``) and lose its message, while a task's exception
+    reaches the caller whatever the executor."""
+    global _CURRENT, _START_ERROR
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if setup.in_child:
-        exit_with_parent()
-    _CURRENT = DeviceWorker(setup)
+    try:
+        _CURRENT, _START_ERROR = DeviceWorker(setup), None
+    except Exception as err:  # raised again by current_worker(), in the caller's process
+        if not setup.in_child:
+            raise
+        _CURRENT, _START_ERROR = None, err
 
 
 def current_worker() -> DeviceWorker:
-    """This process's worker; raises ``RuntimeError`` before :func:`start_worker`."""
+    """This process's worker; raises what :func:`start_worker` failed with,
+    or ``RuntimeError`` before it was called."""
+    if _START_ERROR is not None:
+        raise _START_ERROR
     if _CURRENT is None:
         raise RuntimeError("no device worker in this process (start_worker was not called)")
     return _CURRENT
@@ -239,8 +242,8 @@ def current_worker() -> DeviceWorker:
 
 def stop_worker() -> None:
     """Drop this process's worker (a worker in the main process, after its tasks)."""
-    global _CURRENT
-    _CURRENT = None
+    global _CURRENT, _START_ERROR
+    _CURRENT = _START_ERROR = None
 
 
 def run_chunk(users: tuple[int, int]) -> dict[str, Any]:

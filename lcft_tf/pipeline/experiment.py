@@ -61,6 +61,16 @@ class RunExistsError(ValueError):
     """The run folder already holds a run and neither resume nor overwrite was asked."""
 
 
+def check_run_name(name: str) -> str:
+    """``name`` if it is one plain folder name (not empty, ``.`` or ``..``, no
+    path separator, no NUL); a run folder never escapes ``output_dir``, so
+    ``--overwrite`` can only ever clear that one folder. Raises ``ValueError``."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name \
+            or Path(name).is_absolute() or Path(name).name != name:
+        raise ValueError(f"run name {name!r} must be one plain folder name (no '/', not '.' or '..')")
+    return name
+
+
 def run_id(model: str, seed: int) -> str:
     """The folder (and stage-name prefix) of one model x cloud seed."""
     return f"{model}_seed{seed}"
@@ -137,14 +147,20 @@ class ExperimentConfig:
             raise ValueError(f"CoDA ({', '.join(coda)}) retrieves with the model's embeddings; {', '.join(flat)} has none")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
+        if self.name is not None:
+            check_run_name(self.name)
+        if self.dataset != "synthetic" and not self.data_dir:
+            raise ValueError(f"dataset {self.dataset!r} reads raw files: give data_dir (nothing is downloaded)")
         object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, methods=tuple(self.methods)))
 
     @property
     def run_name(self) -> str:
-        """``--name``, else the dataset and, for raw files, their folder's name."""
-        if self.name:
+        """``--name``, else the dataset and, for raw files, their folder's name
+        (always one plain folder name, :func:`check_run_name`)."""
+        if self.name is not None:
             return self.name
-        return self.dataset if not self.data_dir else f"{self.dataset}-{Path(self.data_dir).resolve().name}"
+        folder = Path(self.data_dir).resolve().name if self.data_dir else ""
+        return check_run_name(f"{self.dataset}-{folder}" if folder not in ("", ".", "..") else self.dataset)
 
 
 def load_dataset(config: ExperimentConfig) -> CTRDataset:
@@ -383,10 +399,7 @@ def _check_run_folder(config: ExperimentConfig, out: Path, stages: dict[str, Sta
         )
     if not plan_path.is_file():
         raise RunExistsError(f"cannot resume {out}: it has no run.json (not a run of this version); use --overwrite")
-    previous = json.loads(plan_path.read_text())
-    if previous.get("format") != RUN_FORMAT:
-        raise RunExistsError(f"cannot resume {out}: run format {previous.get('format')!r}; use --overwrite")
-    old = previous.get("stages", {})
+    old = _read_plan(plan_path)
     for name, stage in stages.items():  # upstream first: the first change is the cause
         if name in old and old[name]["hash"] != stage.hash:
             changes = changed_fields(old[name]["key"], stage.key) or ["(unknown)"]
@@ -400,6 +413,24 @@ def _check_run_folder(config: ExperimentConfig, out: Path, stages: dict[str, Sta
             f"cannot resume {out}: the run's stages differ (new {added[:3]}, gone {dropped[:3]}); "
             "use another --name, or --overwrite to start the run again"
         )
+
+
+def _read_plan(path: Path) -> dict[str, dict[str, Any]]:
+    """The stages a ``run.json`` lists; a file that is not valid JSON or not a
+    plan of this format is refused in one line naming it."""
+    try:
+        plan = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        raise RunExistsError(f"cannot resume: {path} is damaged ({err}); use --overwrite") from None
+    if not isinstance(plan, dict) or plan.get("format") != RUN_FORMAT:
+        found = plan.get("format") if isinstance(plan, dict) else type(plan).__name__
+        raise RunExistsError(f"cannot resume: {path} has run format {found!r}, this package writes {RUN_FORMAT!r}; "
+                             "use --overwrite")
+    stages = plan.get("stages")
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) and isinstance(s.get("hash"), str)
+                                               and isinstance(s.get("key"), dict) for s in stages.values()):
+        raise RunExistsError(f"cannot resume: {path} is damaged (stages without hash or key); use --overwrite")
+    return stages
 
 
 def _digest(stage: Stage) -> str:
@@ -440,17 +471,28 @@ def run_experiment(config: ExperimentConfig, executor=None) -> dict[str, Any]:
     :class:`ConfigChangedError` or :class:`lcft_tf.pipeline.stages.RunInUseError`
     before anything is written when the folder cannot be used."""
     out = Path(config.output_dir) / config.run_name
-    with RunLock(out):
-        stages = plan_stages(config, out)
-        _check_run_folder(config, out, stages)
-        plan = {"format": RUN_FORMAT, "package_version": __version__,
-                "stages": {n: {"hash": s.hash, "key": canonical(s.key)} for n, s in stages.items()}}
-        atomic_write(out / "run.json", to_json(plan))
-        own = make_executor(config.fleet.executor, config.fleet.workers, config.fleet.ray_address)  # Ray starts once
-        try:
+    check_inputs(config)
+    own = make_executor(config.fleet.executor, config.fleet.workers, config.fleet.ray_address)  # Ray starts once
+    try:
+        own.start()  # a bad Ray address fails here, before anything is written
+        with RunLock(out):
+            stages = plan_stages(config, out)
+            _check_run_folder(config, out, stages)
+            plan = {"format": RUN_FORMAT, "package_version": __version__,
+                    "stages": {n: {"hash": s.hash, "key": canonical(s.key)} for n, s in stages.items()}}
+            atomic_write(out / "run.json", to_json(plan))
             return _run(_Context(config, stages, executor or own, own), out)
-        finally:
-            own.close()
+    finally:
+        own.close()
+
+
+def check_inputs(config: ExperimentConfig) -> None:
+    """Check every input the run reads before it writes anything: the raw
+    files of a real dataset exist. Raises ``FileNotFoundError`` / ``ValueError``."""
+    if config.dataset != "synthetic":
+        from lcft_tf.data import raw_files
+
+        raw_files(config.dataset, config.data_dir, **config.data_options)
 
 
 def _run(ctx: _Context, out: Path) -> dict[str, Any]:

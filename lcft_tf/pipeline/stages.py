@@ -67,12 +67,16 @@ class Stage:
     def record(self) -> dict[str, Any] | None:
         """The stage record, or None when absent or unreadable (a warning says so)."""
         try:
-            return json.loads(self.record_path.read_text())
+            record = json.loads(self.record_path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, UnicodeDecodeError):
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("outputs"), dict)
+                and isinstance(record.get("info", {}), dict)):
             log.warning("%s: unreadable stage record, the stage will be rebuilt", self.record_path)
             return None
+        return record
 
     def reusable(self) -> bool:
         """True if the recorded stage has this config, these inputs and intact outputs."""
