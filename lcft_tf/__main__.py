@@ -26,7 +26,7 @@ from lcft_tf.cli_flags import FlagGroup, define_flag, help_flags
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "benchmark", "bundle")
-EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 _MAIN_MODULE = "lcft_tf.__main__"  # help group of the flags no config owns
 
 
@@ -340,6 +340,7 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     for handler in logging.getLogger().handlers:
         handler.addFilter(_only_ours_below_warning)
     from lcft_tf.data.raw import RawDataError
+    from lcft_tf.fleet.lifecycle import WorkerLostError
     from lcft_tf.pipeline.stages import RunInUseError
 
     try:
@@ -347,6 +348,9 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     except KeyboardInterrupt:
         hint = setup.resume_hint
         _fail(f"interrupted{'; continue with: ' + hint if hint else ''}", EXIT_INTERRUPTED)
+    except WorkerLostError as err:  # finished chunks are kept: the run can continue
+        hint = setup.resume_hint
+        _fail(f"{err}{'; continue with: ' + hint if hint else ''}", EXIT_FAILED)
     except (ValueError, FileNotFoundError, RawDataError, RunInUseError) as err:
         _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
     except OSError as err:  # unwritable output folder, full disk, ...

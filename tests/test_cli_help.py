@@ -69,8 +69,6 @@ def test_every_run_flag_has_help_on_its_field(group):
 
 
 @pytest.mark.parametrize("command", ["benchmark", "bundle"])
-@pytest.mark.xfail(reason="BenchmarkConfig & co. and BundleConfig get their field help on another branch",
-                   strict=False)
 def test_every_benchmark_and_bundle_flag_has_help_on_its_field(command):
     groups = cli._benchmark_groups() if command == "benchmark" else cli._bundle_groups()
     for group in groups.values():

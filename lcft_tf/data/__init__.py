@@ -50,23 +50,12 @@ def load_real_dataset(
     from lcft_tf.data import amazon, movielens
     from lcft_tf.data.raw import cache_dir_for, fingerprint
 
-    kinds = {"movielens": movielens.MovieLensOptions, "amazon": amazon.AmazonOptions}
-    if name not in kinds:
-        raise ValueError(f"unknown dataset {name!r}; choose from ['synthetic', 'movielens', 'amazon']")
-    if options is None:
-        options = kinds[name](**fields)
-    elif fields or not isinstance(options, kinds[name]):
-        raise ValueError(f"{name}: pass one {kinds[name].__name__} (or its fields as keywords), got {options!r:.80}")
-    if not data_dir:
-        where = movielens.WHERE if name == "movielens" else amazon.WHERE
-        raise FileNotFoundError(f"{name}: pass --data_dir, the folder holding the raw files ({where})")
+    opts = _options(name, options, fields)
+    files = raw_files(name, data_dir, **dataclasses.asdict(opts))
     directory = Path(data_dir)
-    opts = options
     if name == "movielens":
-        files = movielens.raw_files(directory, movielens.detect_format(directory), opts.use_genome)
         build, version = (lambda: movielens.build_movielens(directory, opts)), movielens.LOADER_VERSION
     else:
-        files = [f for f in amazon.raw_files(directory, opts.category) if f is not None]
         build, version = (lambda: amazon.build_amazon(directory, opts)), amazon.LOADER_VERSION
     print_ = fingerprint(files, dataclasses.asdict(opts), version)
     root = cache_dir or os.environ.get("LCFT_CACHE") or Path.home() / ".cache" / "lcft_tf"
@@ -80,6 +69,20 @@ def load_real_dataset(
     return dataset
 
 
+def _options(name: str, options, fields: dict):
+    """The loader options of dataset ``name``: ``options``, or its fields."""
+    from lcft_tf.data import amazon, movielens
+
+    kinds = {"movielens": movielens.MovieLensOptions, "amazon": amazon.AmazonOptions}
+    if name not in kinds:
+        raise ValueError(f"unknown dataset {name!r}; choose from ['synthetic', 'movielens', 'amazon']")
+    if options is None:
+        return kinds[name](**fields)
+    if fields or not isinstance(options, kinds[name]):
+        raise ValueError(f"{name}: pass one {kinds[name].__name__} (or its fields as keywords), got {options!r:.80}")
+    return options
+
+
 def raw_files(name: str, data_dir: str | os.PathLike | None, **options) -> list:
     """The raw files dataset ``name`` (movielens / amazon) reads from
     ``data_dir`` with these loader options, checked to exist without reading
@@ -90,10 +93,7 @@ def raw_files(name: str, data_dir: str | os.PathLike | None, **options) -> list:
 
     from lcft_tf.data import amazon, movielens
 
-    kinds = {"movielens": movielens.MovieLensOptions, "amazon": amazon.AmazonOptions}
-    if name not in kinds:
-        raise ValueError(f"unknown dataset {name!r}; choose from ['synthetic', 'movielens', 'amazon']")
-    opts = kinds[name](**options)
+    opts = _options(name, None, options)
     if not data_dir:
         where = movielens.WHERE if name == "movielens" else amazon.WHERE
         raise FileNotFoundError(f"{name}: pass --data_dir, the folder holding the raw files ({where})")
