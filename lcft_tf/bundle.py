@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from lcft_tf import __version__
 from lcft_tf._io import atomic_write
-from lcft_tf.checks import check_models, positive
+from lcft_tf.checks import positive
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ class BundleConfig:
         default=0, metadata={"help": "seed of the synthetic data, the cloud training and the hard search."})
 
     def __post_init__(self) -> None:
-        check_models(self.models)
+        from lcft_tf.models import check_names  # TensorFlow: imported on use
+        check_names(self.models)
         positive("num_users", self.num_users)
         positive("batch_size", self.batch_size)
         positive("hard_users_per_group", self.hard_users_per_group)

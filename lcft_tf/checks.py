@@ -39,14 +39,3 @@ def positive(name: str, *values: int | float) -> None:
     given and every value is >= 1 (counts, sizes, repeats: ints or floats)."""
     if not values or any(v < 1 for v in values):
         raise ValueError(f"{name} must be >= 1, got {list(values)}")
-
-
-def check_models(names) -> None:
-    """Raise ``ValueError`` unless ``names`` (a sequence of str) is non-empty
-    and every name is a model of :data:`lcft_tf.models.REGISTRY` (imported
-    here, on the first call: it brings in TensorFlow)."""
-    from lcft_tf.models import REGISTRY
-
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown or not names:
-        raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lcft_tf.benchmarks.timing import CallTimer, timed
-from lcft_tf.checks import check_models, positive
+from lcft_tf.checks import positive
 
 EXECUTORS = ("serial", "process", "ray")
 
@@ -43,7 +43,8 @@ class CloudSideConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the synthetic data and the cloud training."})
 
     def __post_init__(self) -> None:
-        check_models((self.model,))
+        from lcft_tf.models import check_names  # TensorFlow: imported on use
+        check_names((self.model,))
         positive("num_users", self.num_users)
 
 

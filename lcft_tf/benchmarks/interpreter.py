@@ -22,7 +22,7 @@ import numpy as np
 
 from lcft_tf.benchmarks.timing import (interleaved, interpreter_memory, latency_stats, measure_memory_field,
                                        repeats_field, timed, warmup_field)
-from lcft_tf.checks import check_models, positive
+from lcft_tf.checks import positive
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ class BenchmarkConfig:
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the synthetic data and the initial weights."})
 
     def __post_init__(self) -> None:
-        check_models(self.models)
+        from lcft_tf.models import check_names  # TensorFlow: imported on use
+        check_names(self.models)
         positive("batch_sizes", *self.batch_sizes)
         positive("threads", *self.threads)
         positive("repeats", self.repeats)

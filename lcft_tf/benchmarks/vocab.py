@@ -14,7 +14,7 @@ import numpy as np
 
 from lcft_tf.benchmarks.timing import (interleaved, interpreter_memory, latency_stats, measure_memory_field,
                                        repeats_field, timed, warmup_field)
-from lcft_tf.checks import check_models, positive
+from lcft_tf.checks import positive
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ class VocabBenchmarkConfig:
 
     def __post_init__(self) -> None:
         from lcft_tf.device.model import RUNTIMES
+        from lcft_tf.models import check_names  # TensorFlow: imported on use
 
-        check_models(self.models)
+        check_names(self.models)
         positive("vocab_sizes", *self.vocab_sizes)
         positive("capacity", self.capacity)
         positive("batch_size", self.batch_size)

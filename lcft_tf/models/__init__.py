@@ -15,6 +15,16 @@ from lcft_tf.models.wide_deep import WideDeep
 REGISTRY: dict[str, type[CTRModel]] = {cls.model_name: cls for cls in (LR, WideDeep, DeepFM, PNN, DIN, EdgeRec)}
 
 
+def check_names(names) -> tuple[str, ...]:
+    """``names`` as a tuple; raises ``ValueError`` unless it is non-empty and
+    every name is a model of :data:`REGISTRY`."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown or not names:
+        raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")
+    return names
+
+
 def build(name: str, spec: FeatureSpec, **kwargs) -> CTRModel:
     """Build registry model ``name`` for ``spec`` with its weights created.
 
@@ -26,4 +36,4 @@ def build(name: str, spec: FeatureSpec, **kwargs) -> CTRModel:
     return REGISTRY[name](spec, name=name, **kwargs).build_from_spec()
 
 
-__all__ = ["CTRModel", "CorrectedLogLoss", "REGISTRY", "build", "LR", "WideDeep", "DeepFM", "PNN", "DIN", "EdgeRec"]
+__all__ = ["CTRModel", "CorrectedLogLoss", "REGISTRY", "build", "check_names", "LR", "WideDeep", "DeepFM", "PNN", "DIN", "EdgeRec"]
