@@ -15,7 +15,8 @@ from lcft_tf.artifacts.coda_files import Retrieval
 from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve, sample_embeddings
 from lcft_tf.data.dataset import user_index
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.coda_fine_tune import CodaConfig, coda_fine_tune_and_predict, method_config, select_retrieved
+from lcft_tf.device.coda_fine_tune import (CodaConfig, FineMatching, coda_fine_tune_and_predict, method_config,
+                                           select_retrieved)
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import auc
@@ -190,11 +191,11 @@ def test_k_zero_is_local_and_threshold_zero_is_retrieval_only(small, devices):
                                   view.test_features, 0.1, 2)
     for method, expected in (("coda", local), ("retrieval_only", local), ("coda_lcft", soft2)):
         got = coda_fine_tune_and_predict(ctr, state, view.train_features, view.train_labels, view.test_features,
-                                         empty, rl[:0], 0.1, 2, method_config(method), clf, clf_state, le, re_[:0])
+                                         empty, rl[:0], 0.1, 2, method_config(method), FineMatching(clf, clf_state, le, re_[:0]))
         np.testing.assert_array_equal(got.predictions, expected)
         assert got.kept == 0
     everything = coda_fine_tune_and_predict(ctr, state, view.train_features, view.train_labels, view.test_features,
-                                            rf, rl, 0.1, 2, method_config("coda", keep_value=0.0), clf, clf_state, le, re_)
+                                            rf, rl, 0.1, 2, method_config("coda", keep_value=0.0), FineMatching(clf, clf_state, le, re_))
     only = coda_fine_tune_and_predict(ctr, state, view.train_features, view.train_labels, view.test_features,
                                       rf, rl, 0.1, 2, method_config("retrieval_only"))
     assert everything.kept == only.kept == 12
@@ -338,7 +339,7 @@ def test_fine_matching_beats_keeping_every_retrieved_sample(tmp_path):
         for method in preds:
             preds[method].append(coda_fine_tune_and_predict(
                 ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.5, 5,
-                method_config(method), clf, clf_state, le, re_, seed=int(u)).predictions)
+                method_config(method), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
     users, labels = np.concatenate(users), np.concatenate(labels)
     value = {m: user_weighted_auc(users, labels, np.concatenate(p)).value for m, p in preds.items()}
     assert value["coda"] - value["retrieval_only"] > 0.005, value
@@ -397,7 +398,7 @@ def augmentation_aucs(seed, tmp_path, k=200, faiss_methods=()):
             _, rf, rl, le, re_ = _user_inputs(data, emb, retrieval, u)
             preds[method].append(coda_fine_tune_and_predict(
                 ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.5, 5,
-                method_config(method), clf, clf_state, le, re_, seed=int(u)).predictions)
+                method_config(method), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
     users, labels = np.concatenate(users), np.concatenate(labels)
     return {m: user_weighted_auc(users, labels, np.concatenate(p)).value for m, p in preds.items()}
 

@@ -107,3 +107,19 @@ def test_a_saved_cloud_model_loads_as_documented_in_a_fresh_process(finished):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["LR", "CorrectedLogLoss"]
+
+
+def test_a_method_whose_steps_were_mostly_rolled_back_is_named():
+    from lcft_tf.pipeline.experiment import ROLLED_BACK_LIMIT, rolled_back_warnings
+
+    def run(steps, rolled):
+        return {"fleet": {"device_train_steps_by_method": steps, "device_steps_rolled_back_by_method": rolled}}
+
+    limit = int(100 * ROLLED_BACK_LIMIT)
+    runs = {"din": {0: run({"cloud": 0, "local": 100, "soft2": 100}, {"cloud": 0, "local": limit, "soft2": limit + 1}),
+                    1: run({"local": 100}, {"local": 100})},
+            "lr": {0: run({"local": 10}, {"local": 0})}}
+    warnings = rolled_back_warnings(runs)
+    assert len(warnings) == 2
+    assert "din seed 0" in warnings[0] and "'soft2'" in warnings[0] and f"{limit + 1} of 100" in warnings[0]
+    assert "din seed 1" in warnings[1] and "'local'" in warnings[1]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lcft_tf.artifacts.coda_files import USER_FEATURE, Retrieval
-from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.data.dataset import CTRDataset, user_index
 from lcft_tf.features import SequenceFeature, SparseFeature
 
 if TYPE_CHECKING:  # fleet workers read retrievals without importing TensorFlow
@@ -183,61 +183,31 @@ def retrieve(
 ) -> Retrieval:
     """Top-K other users' train samples for every user (module doc).
 
-    ``embeddings`` [N, D] are unit rows of every sample, ``offsets`` /
-    ``split`` the dataset's user blocks and train/test split (see
-    :class:`CTRDataset`). Users without train samples get no results.
+    ``embeddings`` [N, D] float32 are unit rows of every sample, ``offsets``
+    [U + 1] / ``split`` [U] the dataset's user blocks and the index of each
+    user's first test sample (see :class:`CTRDataset`). Users without train
+    samples get no results. Raises ``ValueError`` for embeddings of the wrong
+    shape or with NaN / inf, or a split outside the user blocks.
     """
     import faiss
 
     config = config or RetrievalConfig()
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     offsets, split = np.asarray(offsets, np.int64), np.asarray(split, np.int64)
-    num_users = len(offsets) - 1
-    if embeddings.ndim != 2 or len(embeddings) != offsets[-1]:
-        raise ValueError(f"embeddings must be [num_samples={offsets[-1]}, D], got {embeddings.shape}")
-    if not np.all(np.isfinite(embeddings)):
-        raise ValueError("embeddings contain NaN or inf")
-    if len(split) != num_users or np.any(split < offsets[:-1]) or np.any(split > offsets[1:]):
-        raise ValueError("split must hold one index per user inside the user's block")
-    k = config.k
+    _check_inputs(embeddings, offsets, split)
+    num_users, k = len(offsets) - 1, config.k
     ids = np.full((num_users, k), -1, np.int64)
     scores = np.zeros((num_users, k), np.float32)
     if config.threads:
         faiss.omp_set_num_threads(config.threads)
-
     with _PeakRSS() as memory:
         began = time.perf_counter()
-        user_of = np.repeat(np.arange(num_users), np.diff(offsets))
-        pool = np.flatnonzero(np.arange(len(embeddings)) < split[user_of])  # train samples only
-        if config.pool_size is not None and config.pool_size < len(pool):
-            rng = np.random.default_rng(config.seed)
-            pool = np.sort(rng.choice(pool, config.pool_size, replace=False))
-        # Pool rows are in (user, time) order, so a user's own rows are one range.
-        pool_user = user_of[pool]
-        own_lo = np.searchsorted(pool_user, np.arange(num_users), "left")
-        own_hi = np.searchsorted(pool_user, np.arange(num_users), "right")
-        local = split - offsets[:-1]
-        queried = np.flatnonzero(local > 0)
+        pool, own_lo, own_hi = _pool(offsets, split, config)
+        queried = np.flatnonzero(split - offsets[:-1] > 0)
         if k and len(queried) and len(pool):
-            # Mean of each user's train embeddings: even segments of reduceat
-            # over [offset, split, offset, split, ...] (a last split == N is implied).
-            bounds = np.stack([offsets[queried], split[queried]], 1).ravel()
-            bounds = bounds[:-1] if bounds[-1] == len(embeddings) else bounds
-            query = _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
+            query = _user_queries(embeddings, offsets, split, queried)
             index = _build_index(faiss, pool, embeddings, config)
-            fetch = k + (own_hi - own_lo)[queried]  # own rows may all rank first
-            buckets = _bucket(fetch)
-            for size in np.unique(buckets):  # batched searches by fetch size
-                rows = np.flatnonzero(buckets == size)
-                if config.index == "hnsw":
-                    index.hnsw.efSearch = max(config.hnsw_ef_search, int(size))
-                found_scores, found = index.search(query[rows], int(min(size, len(pool))))
-                for r, s_row, f_row in zip(queried[rows], found_scores, found):
-                    keep = (f_row >= 0) & ((f_row < own_lo[r]) | (f_row >= own_hi[r]))
-                    f_row, s_row = f_row[keep], s_row[keep]
-                    order = np.lexsort((pool[f_row], -s_row))[:k]
-                    ids[r, : len(order)] = pool[f_row[order]]
-                    scores[r, : len(order)] = s_row[order]
+            _search(index, query, queried, pool, own_lo, own_hi, config, ids, scores)
         seconds = time.perf_counter() - began
     stats = {
         "seconds": seconds,
@@ -253,6 +223,58 @@ def retrieve(
     log.info("retrieval: %d users, pool %d, K=%d in %.1f s (peak RSS +%.0f MiB)", num_users, len(pool), k,
              seconds, stats["peak_rss_added_bytes"] / 2**20)
     return Retrieval(ids=ids, scores=scores, stats=stats)
+
+
+def _check_inputs(embeddings: np.ndarray, offsets: np.ndarray, split: np.ndarray) -> None:
+    num_users = len(offsets) - 1
+    if embeddings.ndim != 2 or len(embeddings) != offsets[-1]:
+        raise ValueError(f"embeddings must be [num_samples={offsets[-1]}, D], got {embeddings.shape}")
+    if not np.all(np.isfinite(embeddings)):
+        raise ValueError("embeddings contain NaN or inf")
+    if len(split) != num_users or np.any(split < offsets[:-1]) or np.any(split > offsets[1:]):
+        raise ValueError("split must hold one index per user inside the user's block")
+
+
+def _pool(offsets: np.ndarray, split: np.ndarray, config: RetrievalConfig) -> tuple[np.ndarray, ...]:
+    """The pool (every train sample, or a seeded subsample), and per user the
+    range ``[own_lo, own_hi)`` of pool positions holding its own samples."""
+    num_users = len(offsets) - 1
+    user_of = user_index(offsets)
+    pool = np.flatnonzero(np.arange(offsets[-1]) < split[user_of])  # train samples only
+    if config.pool_size is not None and config.pool_size < len(pool):
+        rng = np.random.default_rng(config.seed)
+        pool = np.sort(rng.choice(pool, config.pool_size, replace=False))
+    # Pool rows are in (user, time) order, so a user's own rows are one range.
+    pool_user = user_of[pool]
+    users = np.arange(num_users)
+    return pool, np.searchsorted(pool_user, users, "left"), np.searchsorted(pool_user, users, "right")
+
+
+def _user_queries(embeddings: np.ndarray, offsets: np.ndarray, split: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """The unit mean of each queried user's train embeddings: even segments of
+    reduceat over [offset, split, offset, split, ...] (a last split == N is implied)."""
+    bounds = np.stack([offsets[queried], split[queried]], 1).ravel()
+    bounds = bounds[:-1] if bounds[-1] == len(embeddings) else bounds
+    return _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
+
+
+def _search(index, query, queried, pool, own_lo, own_hi, config: RetrievalConfig, ids, scores) -> None:
+    """Fill ``ids`` / ``scores`` rows of the queried users: batched searches
+    by fetch size, own samples dropped, ties ordered by sample index."""
+    k = config.k
+    fetch = k + (own_hi - own_lo)[queried]  # own rows may all rank first
+    buckets = _bucket(fetch)
+    for size in np.unique(buckets):
+        rows = np.flatnonzero(buckets == size)
+        if config.index == "hnsw":
+            index.hnsw.efSearch = max(config.hnsw_ef_search, int(size))
+        found_scores, found = index.search(query[rows], int(min(size, len(pool))))
+        for r, s_row, f_row in zip(queried[rows], found_scores, found):
+            keep = (f_row >= 0) & ((f_row < own_lo[r]) | (f_row >= own_hi[r]))
+            f_row, s_row = f_row[keep], s_row[keep]
+            order = np.lexsort((pool[f_row], -s_row))[:k]
+            ids[r, : len(order)] = pool[f_row[order]]
+            scores[r, : len(order)] = s_row[order]
 
 
 def _bucket(fetch: np.ndarray) -> np.ndarray:

@@ -139,6 +139,23 @@ def select_retrieved(
     return keep, probability
 
 
+@dataclasses.dataclass
+class FineMatching:
+    """What fine matching needs for one user: the sample classifier and its
+    initial state, the embeddings ``[n_local, D]`` of the user's train
+    samples and ``[K, D]`` of the retrieved ones (float32), the seed of the
+    classifier's sample order, and ``matched``, the ``(keep, probability)``
+    of :func:`select_retrieved` when already computed for this user and keep
+    rule (``coda`` and ``coda_lcft`` share it)."""
+
+    classifier: OnDeviceModel
+    classifier_state: dict[str, np.ndarray]
+    local_embeddings: np.ndarray
+    retrieved_embeddings: np.ndarray
+    seed: int = 0
+    matched: tuple[np.ndarray, np.ndarray] | None = None
+
+
 def coda_fine_tune_and_predict(
     device: OnDeviceModel,
     cloud_state: dict[str, np.ndarray],
@@ -150,19 +167,13 @@ def coda_fine_tune_and_predict(
     learning_rate: float,
     epochs: int,
     config: CodaConfig,
-    classifier: OnDeviceModel | None = None,
-    classifier_state: dict[str, np.ndarray] | None = None,
-    local_embeddings: np.ndarray | None = None,
-    retrieved_embeddings: np.ndarray | None = None,
-    seed: int = 0,
-    matched: tuple[np.ndarray, np.ndarray] | None = None,
+    matching: FineMatching | None = None,
 ) -> CodaResult:
     """One user's CoDA test predictions (module doc). ``retrieved_*`` are the
-    user's K retrieved samples in rank order (K may be 0); the embeddings and
-    the classifier are needed only when ``config.use_classifier``.
-    ``matched``: the ``(keep, probability)`` of :func:`select_retrieved` for
-    this user and config, when already computed (``coda`` and ``coda_lcft``
-    share their fine matching)."""
+    user's K retrieved samples in rank order (K may be 0); ``matching`` (the
+    classifier and the embeddings) is needed only when
+    ``config.use_classifier``. Raises ``ValueError`` for inputs that do not
+    line up (rows, embeddings) or a missing ``matching``."""
     train_features = device.spec.validate(train_features)
     train_labels = np.asarray(train_labels).reshape(-1)
     k = len(np.asarray(retrieved_labels).reshape(-1))
@@ -172,16 +183,15 @@ def coda_fine_tune_and_predict(
         if len(next(iter(retrieved_features.values()))) != k:
             raise ValueError(f"retrieved features and labels differ in rows ({k} labels)")
     probability = None
-    if k and config.use_classifier and matched is not None:
-        keep, probability = matched
+    if k and config.use_classifier and matching is not None and matching.matched is not None:
+        keep, probability = matching.matched
     elif k and config.use_classifier:
-        if classifier is None or classifier_state is None or local_embeddings is None or retrieved_embeddings is None:
+        if matching is None:
             raise ValueError("the classifier, its state and the local / retrieved embeddings are needed for fine matching")
-        if len(retrieved_embeddings) != k or len(local_embeddings) != len(train_labels):
+        if len(matching.retrieved_embeddings) != k or len(matching.local_embeddings) != len(train_labels):
             raise ValueError("one embedding per local and per retrieved sample is needed")
-        keep, probability = select_retrieved(
-            classifier, classifier_state, local_embeddings, retrieved_embeddings, config, seed
-        )
+        keep, probability = select_retrieved(matching.classifier, matching.classifier_state, matching.local_embeddings,
+                                             matching.retrieved_embeddings, config, matching.seed)
     else:
         keep = np.ones(k, bool)
     kept = int(keep.sum()) if len(train_labels) else 0  # no local data: nothing to augment

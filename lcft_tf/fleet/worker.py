@@ -31,7 +31,7 @@ from lcft_tf.artifacts.fleet_chunks import chunk_name, encode_chunk
 from lcft_tf.artifacts.pack import PackCapacityError
 from lcft_tf.artifacts.tflite import read_metadata
 from lcft_tf.data.dataset import CTRDataset, UserView
-from lcft_tf.device.coda_fine_tune import coda_fine_tune_and_predict, method_config, select_retrieved
+from lcft_tf.device.coda_fine_tune import FineMatching, coda_fine_tune_and_predict, method_config, select_retrieved
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.device.submodel import SubmodelDevice
@@ -149,15 +149,13 @@ class DeviceWorker:
         rule and the classifier only, which ``coda`` and ``coda_lcft`` share."""
         features, labels, retrieved_embeddings, local_embeddings = retrieved
         coda = method_config(method, self.config.coda)
+        matching = FineMatching(self.classifier, self.classifier_state, local_embeddings, retrieved_embeddings, seed=u)
         if coda.use_classifier and len(labels) and len(view.train_labels) and "match" not in matches:
             matches["match"] = select_retrieved(self.classifier, self.classifier_state, local_embeddings,
                                                 retrieved_embeddings, coda, seed=u)
-        result = coda_fine_tune_and_predict(
-            runner, state, train, view.train_labels, test, features, labels,
-            self.config.learning_rate, self.config.epochs, coda,
-            self.classifier, self.classifier_state, local_embeddings, retrieved_embeddings, seed=u,
-            matched=matches.get("match"),
-        )
+        matching.matched = matches.get("match")
+        result = coda_fine_tune_and_predict(runner, state, train, view.train_labels, test, features, labels,
+                                            self.config.learning_rate, self.config.epochs, coda, matching)
         return result.predictions, result.kept
 
     # -- one chunk -----------------------------------------------------------

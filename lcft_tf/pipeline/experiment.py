@@ -61,6 +61,17 @@ class RunExistsError(ValueError):
     """The run folder already holds a run and neither resume nor overwrite was asked."""
 
 
+class RolledBackError(ValueError):
+    """Most device steps of a method were rolled back, so its numbers mean
+    little; raised after results.json and report.md are written (they say so)."""
+
+
+# A method whose device steps were rolled back more often than this (share of
+# its steps, any model x seed) is flagged: its "fine-tuned" numbers are mostly
+# the cloud model's (docs/loss_and_correction.md).
+ROLLED_BACK_LIMIT = 0.5
+
+
 def check_run_name(name: str) -> str:
     """``name`` if it is one plain folder name (not empty, ``.`` or ``..``, no
     path separator, no NUL); a run folder never escapes ``output_dir``, so
@@ -126,6 +137,9 @@ class ExperimentConfig:
         default=False, metadata={"help": "continue the run in <output_dir>/<name>/: reuse finished stages whose "
                                          "config hash matches"})
     overwrite: bool = dataclasses.field(default=False, metadata={"help": "replace the run in <output_dir>/<name>/"})
+    allow_rolled_back: bool = dataclasses.field(default=False, metadata={
+        "help": "finish with exit 0 even when most of a method's device steps were rolled back (non-finite); "
+                "the report says so either way"})
 
     def __post_init__(self) -> None:
         from lcft_tf.models import REGISTRY
@@ -456,6 +470,21 @@ def _run_stage(ctx: _Context, kind: StageKind, model: str | None, seed: int | No
     return stage.info()
 
 
+def rolled_back_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """One line per model x seed x method whose device steps were rolled back
+    more often than :data:`ROLLED_BACK_LIMIT` (from each fleet's statistics)."""
+    out = []
+    for model, seeds in runs.items():
+        for seed, run in seeds.items():
+            steps = run["fleet"].get("device_train_steps_by_method", {})
+            rolled = run["fleet"].get("device_steps_rolled_back_by_method", {})
+            for method, n in steps.items():
+                if n and rolled.get(method, 0) > ROLLED_BACK_LIMIT * n:
+                    out.append(f"{model} seed {seed}: {rolled[method]} of {n} device steps of method {method!r} were "
+                               "rolled back (non-finite loss or weights); its numbers are mostly the cloud model's")
+    return out
+
+
 def _fresh(directory: Path) -> None:
     """An empty stage folder (a rebuilt stage never mixes old and new files)."""
     if directory.exists():
@@ -530,15 +559,19 @@ def _run(ctx: _Context, out: Path) -> dict[str, Any]:
         "summary": report,
         "runs": {m: {str(s): ev for s, ev in r.items()} for m, r in runs.items()},
     }
+    results["warnings"] = warnings = rolled_back_warnings(runs)
     results = json.loads(to_json(results))  # what the file holds: NaN -> null
     atomic_write(out / "results.json", to_json(results))
-    notes = [
+    notes = [f"**Warning**: {w}" for w in warnings] + [
         f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
         f"Cloud training: {config.cloud.optimizer}, lr {config.cloud.rate}, {config.cloud.epochs} epoch(s), "
         f"batch {config.cloud.batch_size}. Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
         f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter."
     ]
     write_report(out, {"title": f"LCFT experiment: {config.run_name}", "dataset": config.dataset, "notes": notes}, report)
+    if warnings and not config.allow_rolled_back:
+        raise RolledBackError(f"{warnings[0]} (results.json and report.md are written; "
+                              "pass --allow_rolled_back to accept such a run)")
     results["table"] = auc_table(report, config.dataset)
     return results
 
