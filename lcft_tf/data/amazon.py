@@ -193,10 +193,9 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
     ids are int32, labels int8, timestamps int64 seconds. Raises
     ``FileNotFoundError`` when the reviews file is missing or ambiguous,
     :class:`RawDataError` for bad rows, no reviews, fewer than 2 items, a
-    user who reviewed every item (per-user ratios), or no user kept, and
-    for a reviews / meta file that cannot be read (a truncated or corrupt
-    ``.gz``, a ``.gz`` that is not gzip, an I/O error: named with the line
-    being read, also under ``skip_bad_rows``).
+    user who reviewed every item (per-user ratios), no user kept, or a file
+    that cannot be read (truncated or corrupt ``.gz``, I/O error: named with
+    its line, also under ``skip_bad_rows``).
     """
     options = options or AmazonOptions()
     started = time.perf_counter()

@@ -84,9 +84,21 @@ def simulate(
     now = _run_tasks(out_dir, manifest, setup, tasks, executor, chunk_task, name, stop - start)
     seconds = time.perf_counter() - began
     results = load_results(out_dir, config.methods, methods.of_kind(config.methods, "coda"))
-    every = results.stats  # summed over every chunk, resumed ones included
-    simulated, steps_now = sum(b - a for a, b in tasks), sum(now.get("steps", {}).values())
-    results.stats = {
+    simulated = sum(b - a for a, b in tasks)
+    results.stats = _fleet_stats(results, now, seconds, simulated, len(done), config, submodel)
+    results.stats["manifest_hash"] = manifest["hash"]
+    log.info("%s: %d users in %.1f s (%s users/s), %d chunks reused", name, simulated, seconds,
+             f"{results.stats['users_per_second']:.1f}" if results.stats["users_per_second"] else "-", len(done))
+    return results
+
+
+def _fleet_stats(results: FleetResults, now: dict, seconds: float, simulated: int, resumed: int,
+                 config: FleetConfig, submodel: dict | None) -> dict[str, Any]:
+    """The fleet's statistics: counts over every chunk (resumed ones
+    included, from ``results.stats``), rates over the chunks computed now."""
+    every = results.stats
+    steps_now = sum(now.get("steps", {}).values())
+    return {
         "seconds": seconds,
         "users_simulated_now": simulated,
         "users_per_second": simulated / seconds if seconds > 0 and simulated else None,
@@ -96,19 +108,15 @@ def simulate(
         "device_train_steps_by_method": every.get("steps", {}),
         "device_steps_rolled_back_by_method": every.get("rolled_back", {}),
         "device_steps_per_second": steps_now / seconds if seconds > 0 and steps_now else None,
-        "resumed_chunks": len(done),
+        "resumed_chunks": resumed,
         # which runtime model ran (docs/submodels.md): the per-device submodel or the full tables
         "submodel": {"mode": "on" if submodel else "off", "requested": config.submodel,
                      "capacity": submodel["capacity"] if submodel else None,
                      "users_on_submodel": every.get("submodel_users", 0),
                      "users_on_full_model": every.get("full_users", 0)},
-        "manifest_hash": manifest["hash"],
         **({"coda_mean_kept": {m: float(k.mean()) if len(k) else None for m, k in results.kept.items()}}
            if results.kept else {}),
     }
-    log.info("%s: %d users in %.1f s (%s users/s), %d chunks reused", name, simulated, seconds,
-             f"{results.stats['users_per_second']:.1f}" if results.stats["users_per_second"] else "-", len(done))
-    return results
 
 
 def _key(model_path: Path, dataset: CTRDataset, users: tuple[int, int], config: FleetConfig,
