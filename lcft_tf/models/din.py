@@ -44,9 +44,8 @@ class DIN(CTRModel):
         self.deep = MLP(self.hidden_units, seed=self.seed + 2, name="deep")
 
     def logits(self, features):
-        """Click logits, float32 ``[B]``, for a dict of feature tensors
-        (shapes and dtypes: :meth:`lcft_tf.features.FeatureSpec.shape` /
-        ``dtype``)."""
+        """DIN's logits: each history sequence pooled by attention to its query
+        (the candidate item), then the MLP; float32 ``[B]``."""
         fields = self.field_embeddings(features, pool_sequences=False)
         for f in self.spec.sequences:
             keys, mask = self.embed_sequence(f, features[f.name])

@@ -193,22 +193,6 @@ def load_dataset(config: ExperimentConfig) -> CTRDataset:
     return dataset
 
 
-def load_dataset(config: ExperimentConfig) -> CTRDataset:
-    """The dataset the config names, limited to ``max_users`` if set."""
-    if config.dataset == "synthetic":
-        from lcft_tf.data.synthetic import generate
-
-        dataset = generate(config.synthetic)
-    else:
-        from lcft_tf.data import load_real_dataset
-
-        dataset = load_real_dataset(config.dataset, config.data_dir, config.cache_dir, **config.data_options)
-    if config.max_users is not None and config.max_users < dataset.num_users:
-        rng = np.random.default_rng(config.synthetic.seed)
-        dataset = dataset.subset_users(np.sort(rng.choice(dataset.num_users, config.max_users, replace=False)))
-    return dataset
-
-
 def _export_config(config: ExperimentConfig, global_ctr: float | None = None, hard_table=None) -> ExportConfig:
     return dataclasses.replace(config.export, learning_rate=config.fleet.learning_rate,
                                global_ctr=0.5 if global_ctr is None else global_ctr, hard_table=hard_table)
