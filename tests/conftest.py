@@ -178,3 +178,24 @@ FAST_LANE = "not slow and not ray and not notebook and not multiworker"
 def pytest_configure(config):
     if config.option.markexpr == "fast":
         config.option.markexpr = FAST_LANE
+
+
+def slow_cases(cases, keep=()):
+    """Parametrize cases, each marked slow except the ones at indices ``keep``:
+    the fast lane keeps a sample of an expensive parametrized test."""
+    return [c if i in keep else pytest.param(*(c if isinstance(c, tuple) else (c,)), marks=pytest.mark.slow)
+            for i, c in enumerate(cases)]
+
+
+# test_bundle_and_benchmark.py is edited elsewhere; its slow tests are marked here.
+_SLOW_ELSEWHERE = {
+    "test_bundle_and_benchmark.py::test_coda_benchmark_cli",
+    "test_bundle_and_benchmark.py::test_bundle_rebuild_is_deterministic",
+    "test_bundle_and_benchmark.py::test_benchmark_cli_writes_table_json_and_chart",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.nodeid.endswith(name) for name in _SLOW_ELSEWHERE):
+            item.add_marker(pytest.mark.slow)

@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY_DATA
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lcft-tf[ray]')")
+pytestmark = pytest.mark.ray
 
 from lcft_tf.cloud.export import ExportConfig  # noqa: E402
 from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table  # noqa: E402

@@ -108,6 +108,7 @@ class _DiesAfter(SerialExecutor):
             yield result
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_identical_results(tmp_path):
     config = ExperimentConfig(
         synthetic=TINY_DATA,
@@ -146,6 +147,7 @@ def test_resume_refuses_a_different_config(cloud_setup, tmp_path):
         simulate(path, dataset, tmp_path, FleetConfig(methods=("cloud", "local"), workers=1), resume=True)
 
 
+@pytest.mark.slow
 def test_main_job_cli_writes_all_outputs(tmp_path):
     cmd = [
         sys.executable, "-m", "lcft_tf", "run", "--num_users=16", "--samples_per_user=30", "--models=lr",
@@ -170,6 +172,7 @@ def test_main_job_cli_writes_all_outputs(tmp_path):
     assert bad.returncode != 0 and "unknown models" in bad.stderr
 
 
+@pytest.mark.slow
 def test_experiment_on_movielens_raw_files(tmp_path):
     from raw_fixtures import write_movielens
 
