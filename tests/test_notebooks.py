@@ -27,6 +27,7 @@ def test_every_notebook_is_covered_and_stripped():
                 assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_notebook_runs(name, tmp_path):
     nbformat = pytest.importorskip("nbformat")

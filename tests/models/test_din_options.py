@@ -13,18 +13,15 @@ from conftest import BATCH, EXTRA, TINY_MODEL, random_features
 from lcft_tf import models
 from lcft_tf.cloud.export import ExportConfig, TrainableModule, export_tflite
 from lcft_tf.cloud.train import CloudConfig, save_cloud_model, train_cloud
-from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.device.model import OnDeviceModel
 
-TINY_DATA = SyntheticConfig(num_users=12, num_items=30, mean_samples_per_user=30, history_length=4, dense_dim=3, seed=2)
 SMALL = {"embedding_dim": 4, "hidden_units": (8,)}
 
 
-def _first_step_deltas(optimizer: str, lr: float) -> np.ndarray:
+def _first_step_deltas(data, optimizer: str, lr: float) -> np.ndarray:
     """|weight change| of every dense-layer scalar weight after one cloud step
     over all rows (embedding tables get sparse gradients, which Keras' Adam
     accumulates per occurrence, so they are left out)."""
-    data = generate(TINY_DATA)
     n = len(data.train_rows()[1])
     config = CloudConfig(batch_size=n, epochs=1, learning_rate=lr, optimizer=optimizer, shuffle=False, model_kwargs=SMALL)
     trained = train_cloud("wide_deep", data, config)
@@ -33,15 +30,16 @@ def _first_step_deltas(optimizer: str, lr: float) -> np.ndarray:
     return np.concatenate([np.abs(a.numpy() - b.numpy()).ravel() for a, b in pairs])
 
 
-def test_adam_first_step_moves_every_weight_with_a_gradient_by_the_learning_rate():
+def test_adam_first_step_moves_every_weight_with_a_gradient_by_the_learning_rate(tiny_dataset):
     # One full-batch SGD step at lr 1 from the same seeded start gives |g| of
     # every weight; Adam's first step is lr * g / (|g| + eps), i.e. lr for
     # every weight whose gradient is well above eps, whatever its size.
-    grad = _first_step_deltas("sgd", 1.0)
+    data = tiny_dataset().data
+    grad = _first_step_deltas(data, "sgd", 1.0)
     clear = grad > 1e-3
     assert clear.sum() > 50 and np.ptp(grad[clear]) > 1e-2  # gradients of many sizes
     lr = 1e-3
-    np.testing.assert_allclose(_first_step_deltas("adam", lr)[clear], lr, rtol=0.01)
+    np.testing.assert_allclose(_first_step_deltas(data, "adam", lr)[clear], lr, rtol=0.01)
 
 
 def test_unknown_cloud_optimizer_is_rejected_and_learning_rate_follows_the_optimizer():

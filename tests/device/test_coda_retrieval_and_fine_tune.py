@@ -314,6 +314,7 @@ FEW = SyntheticConfig(num_users=300, num_items=100, mean_samples_per_user=60, fe
                       few_sample_range=(10, 40), history_length=5, dense_dim=4, test_fraction=0.5, seed=0)
 
 
+@pytest.mark.slow
 def test_fine_matching_beats_keeping_every_retrieved_sample(tmp_path):
     """Few-sample users (<= 20 local samples), device lr 0.5 x 5 epochs, K=50.
     Measured user-weighted AUC, seeds 0/1/2 of this setting (docs/coda.md):
@@ -403,6 +404,7 @@ def augmentation_aucs(seed, tmp_path, k=200, faiss_methods=()):
     return {m: user_weighted_auc(users, labels, np.concatenate(p)).value for m, p in preds.items()}
 
 
+@pytest.mark.slow
 def test_augmentation_helps_when_retrieval_finds_similar_users(tmp_path):
     """Oracle coarse matching: K=200 train samples of same-cluster other users
     make retrieval_only beat Local; as many samples of other clusters do not

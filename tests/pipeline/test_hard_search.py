@@ -10,18 +10,13 @@ import itertools
 import numpy as np
 import pytest
 
-from lcft_tf.cloud.export import ExportConfig, export_tflite
 from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
-from lcft_tf.cloud.train import CloudConfig, train_cloud
 from lcft_tf.correction import HardCorrectionTable
-from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.fleet.executors import ProcessExecutor, SerialExecutor
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
-DATA = SyntheticConfig(num_users=30, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
-CLOUD = CloudConfig(epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
 HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), seed=4)
 
 
@@ -72,32 +67,29 @@ def reference_search(model_path, dataset, config, learning_rate, epochs):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hard")
-    data = generate(DATA)
-    data.save(root / "dataset")
-    path = root / "wide_deep.tflite"
-    export_tflite(train_cloud("wide_deep", data, CLOUD), path, ExportConfig(batch_size=8, global_ctr=data.global_ctr))
-    return data, path, root
+def setup(tiny_export):
+    """The tiny recipe: data, its export and the saved dataset's folder."""
+    data, folder, _, path = tiny_export("wide_deep")
+    return data, path, folder
 
 
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_search_equals_the_old_serial_search(setup, epochs):
-    data, path, root = setup
+    data, path, dataset = setup
     expected_table, expected = reference_search(path, data, HARD, 0.3, epochs)
     assert sum(g["users_searched"] for g in expected) >= 6  # a search with something to choose
     assert len({g["validation_auc"] for g in expected if g["validation_auc"] is not None}) > 1
-    for dataset in (data, root / "dataset"):  # in memory, and from the saved folder
-        table, report = search_hard_table(path, dataset, HARD, learning_rate=0.3, epochs=epochs)
+    for source in (data, dataset):  # in memory, and from the saved folder
+        table, report = search_hard_table(path, source, HARD, learning_rate=0.3, epochs=epochs)
         assert table == expected_table
         assert report["groups"] == expected  # AUCs equal as floats: tolerance 0
         assert report["cost"]["fine_tunes"] == sum(g["users_searched"] for g in expected) * report["cost"]["grid_size"]
 
 
 def test_search_on_the_process_pool_equals_serial(setup):
-    data, path, root = setup
-    serial = search_hard_table(path, root / "dataset", HARD, learning_rate=0.3, executor=SerialExecutor())
-    pool = search_hard_table(path, root / "dataset", HARD, learning_rate=0.3, executor=ProcessExecutor(2))
+    data, path, dataset = setup
+    serial = search_hard_table(path, dataset, HARD, learning_rate=0.3, executor=SerialExecutor())
+    pool = search_hard_table(path, dataset, HARD, learning_rate=0.3, executor=ProcessExecutor(2))
     assert pool[0] == serial[0]
     assert pool[1]["groups"] == serial[1]["groups"]
 

@@ -61,6 +61,7 @@ def test_coda_methods_run_in_the_pipeline(coda_run):
     assert stage["info"]["retrieval"]["seconds"] >= 0 and stage["key"]["retrieval"]["k"] == 12
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_and_resume_covers_coda(coda_run, tmp_path):
     config, results = coda_run
     again = run_experiment(dataclasses.replace(config, output_dir=str(tmp_path)))

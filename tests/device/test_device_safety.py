@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BATCH, HARD_TABLE, build_tiny, random_features
+from conftest import BATCH, HARD_TABLE, REPO, TESTS, build_tiny, random_features
 
 from lcft_tf import checks, models
 from lcft_tf.cloud.export import CLIP_NORM, ExportConfig, export_tflite
@@ -240,12 +240,13 @@ def test_state_names_do_not_depend_on_what_else_was_built(exported, spec, tmp_pa
     np.testing.assert_array_equal(b.infer(x), a.infer(x))
 
 
+@pytest.mark.slow
 def test_state_names_match_an_export_made_in_another_process(exported, spec, tmp_path):
     path = tmp_path / "din.tflite"
     code = _EXPORT_IN_SUBPROCESS.format(
-        tests=str(Path(__file__).parent), spec=json.dumps(spec.to_json()), name="din", path=str(path)
+        tests=str(TESTS), spec=json.dumps(spec.to_json()), name="din", path=str(path)
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=600)
     theirs = json.loads(path.with_suffix(".json").read_text())["checkpoint"]
     ours = json.loads(exported["din"][1].with_suffix(".json").read_text())["checkpoint"]

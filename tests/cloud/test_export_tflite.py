@@ -154,6 +154,7 @@ def test_failed_restores_leave_weights_untouched(exported, spec, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes left no temp files
 
 
+@pytest.mark.slow
 def test_adam_export_matches_tf_and_checkpoints_its_slots(spec, tmp_path):
     model = build_tiny("edgerec", spec)
     path = tmp_path / "edgerec_adam.tflite"
@@ -194,6 +195,7 @@ def test_in_model_correction_matches_python(exported, method):
         device.correct([0, 2, 1], method)
 
 
+@pytest.mark.slow
 def test_correct_rejects_unknown_method_and_missing_table(exported, spec, tmp_path):
     device = OnDeviceModel(exported["lr"][1])
     with pytest.raises(ValueError, match="unknown correction method"):
@@ -204,6 +206,7 @@ def test_correct_rejects_unknown_method_and_missing_table(exported, spec, tmp_pa
         OnDeviceModel(path).correct([1, 0], "hard")
 
 
+@pytest.mark.slow
 def test_export_names_the_ops_that_would_need_flex(spec, tmp_path):
     """A model written with the stock ReLU (whose gradient is ReluGrad) must
     fail the export with a message naming the op, and write no file."""
@@ -298,6 +301,7 @@ def test_sgd_steps_match_keras_sgd_with_global_clipnorm(exported, spec, name):
     np.testing.assert_allclose(device.infer(test), model.predict_proba(test), atol=KERAS_ATOL["sgd"], rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["din", "edgerec", "deepfm"])
 def test_adam_steps_match_keras_adam(spec, tmp_path, name):
     path = tmp_path / f"{name}_adam.tflite"

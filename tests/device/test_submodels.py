@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BATCH, build_tiny
+from conftest import BATCH, build_tiny, slow_cases
 
 from lcft_tf import models
 from lcft_tf.cloud.export import ExportConfig, export_tflite
@@ -62,8 +62,8 @@ def devices(path):
     return full, sub
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
-@pytest.mark.parametrize("name", sorted(models.REGISTRY))
+@pytest.mark.parametrize("optimizer", slow_cases(["sgd", "adam"], keep=(0,)))
+@pytest.mark.parametrize("name", [n if n in ("lr", "din") else pytest.param(n, marks=pytest.mark.slow) for n in sorted(models.REGISTRY)])
 def test_submodel_matches_full_model_and_merges_back(pairs, spec, name, optimizer):
     full, sub = devices(pairs[name, optimizer])
     cloud = full.save()
@@ -95,6 +95,7 @@ def test_submodel_matches_full_model_and_merges_back(pairs, spec, name, optimize
     assert 30 in set(update.rows["item_id"])  # the OOV ids trained the OOV row in both
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_exact_while_the_global_norm_clip_is_active(spec, tmp_path, optimizer):
     """The clip rescales by clip / norm; the norms agree (rows outside the
@@ -162,6 +163,7 @@ def test_pack_file_round_trip(pairs, spec):
         Pack.from_bytes(sub.layout, pack.to_bytes()[:-10])
 
 
+@pytest.mark.slow
 def test_metadata_links_the_pair_and_a_stale_submodel_is_refused(pairs, spec, tmp_path):
     path = pairs["lr", "sgd"]
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -205,6 +207,7 @@ def fleet_setup(tmp_path_factory):
     return root, paths
 
 
+@pytest.mark.slow
 def test_fleet_on_submodels_predicts_what_the_full_model_fleet_predicts(fleet_setup, tmp_path):
     from lcft_tf.fleet.config import FleetConfig
 
@@ -234,6 +237,7 @@ def test_fleet_on_submodels_predicts_what_the_full_model_fleet_predicts(fleet_se
         run(paths[8], "on", "strict")
 
 
+@pytest.mark.slow
 def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec, tmp_path):
     from lcft_tf.fleet.config import FleetConfig
 
@@ -251,6 +255,7 @@ def test_fleet_submodel_on_without_a_submodel_file_is_refused(fleet_setup, spec,
         FleetConfig(submodel="yes")
 
 
+@pytest.mark.slow
 def test_vocab_benchmark_submodel_size_does_not_grow_with_the_catalogue(tmp_path):
     """The suite's own numbers (no timings asserted): the full file grows with
     the item vocabulary, the submodel file and the pack do not."""

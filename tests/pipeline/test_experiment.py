@@ -11,32 +11,24 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TINY_CLOUD, TINY_DATA
 
 from lcft_tf.cloud.export import ExportConfig, export_tflite
 from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
-from lcft_tf.cloud.train import CloudConfig, train_cloud
-from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
-TINY_DATA = SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
-TINY_CLOUD = CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
 TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2))
 
 
 @pytest.fixture(scope="module")
-def cloud_setup(tmp_path_factory):
-    """A tiny cloud model, its export and the saved dataset."""
-    root = tmp_path_factory.mktemp("cloud")
-    data = generate(TINY_DATA)
-    data.save(root / "dataset")
-    model = train_cloud("wide_deep", data, TINY_CLOUD)
-    path = root / "wide_deep.tflite"
-    export_tflite(model, path, ExportConfig(batch_size=16, global_ctr=data.global_ctr))
-    return data, model, path, root
+def cloud_setup(tiny_export):
+    """The tiny recipe's cloud model, its export and the saved dataset."""
+    data, folder, model, path = tiny_export("wide_deep")
+    return data, model, path, folder
 
 
 def _numbers(results: dict) -> dict:
@@ -47,26 +39,26 @@ def _numbers(results: dict) -> dict:
 
 
 def test_fleet_cloud_predictions_equal_the_keras_model(cloud_setup, tmp_path):
-    data, model, path, root = cloud_setup
-    results = simulate(path, root / "dataset", tmp_path, FleetConfig(methods=("cloud",), workers=1))
+    data, model, path, dataset = cloud_setup
+    results = simulate(path, dataset, tmp_path, FleetConfig(methods=("cloud",), workers=1))
     features, labels = data.test_rows()
     np.testing.assert_allclose(results.predictions["cloud"], model.predict_proba(features), atol=1e-5, rtol=0)
     np.testing.assert_array_equal(results.labels, labels)
 
 
 def test_local_with_zero_lr_equals_cloud_and_nonzero_lr_differs(cloud_setup, tmp_path):
-    _, _, path, root = cloud_setup
-    zero = simulate(path, root / "dataset", tmp_path / "a", FleetConfig(methods=("cloud", "local"), learning_rate=0.0, workers=1))
+    _, _, path, dataset = cloud_setup
+    zero = simulate(path, dataset, tmp_path / "a", FleetConfig(methods=("cloud", "local"), learning_rate=0.0, workers=1))
     np.testing.assert_array_equal(zero.predictions["local"], zero.predictions["cloud"])
-    moved = simulate(path, root / "dataset", tmp_path / "b", FleetConfig(methods=("cloud", "local"), learning_rate=0.1, workers=1))
+    moved = simulate(path, dataset, tmp_path / "b", FleetConfig(methods=("cloud", "local"), learning_rate=0.1, workers=1))
     assert np.abs(moved.predictions["local"] - moved.predictions["cloud"]).max() > 1e-4
 
 
 def test_process_pool_gives_the_serial_numbers(cloud_setup, tmp_path):
-    _, _, path, root = cloud_setup
+    _, _, path, dataset = cloud_setup
     config = FleetConfig(methods=("cloud", "soft1"), learning_rate=0.1, users_per_chunk=5, workers=2)
-    pool = simulate(path, root / "dataset", tmp_path / "pool", config)
-    serial = simulate(path, root / "dataset", tmp_path / "serial", dataclasses.replace(config, workers=1))
+    pool = simulate(path, dataset, tmp_path / "pool", config)
+    serial = simulate(path, dataset, tmp_path / "serial", dataclasses.replace(config, workers=1))
     np.testing.assert_array_equal(pool.users, serial.users)
     for m in config.methods:
         np.testing.assert_array_equal(pool.predictions[m], serial.predictions[m])
@@ -116,6 +108,7 @@ class _DiesAfter(SerialExecutor):
             yield result
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_identical_results(tmp_path):
     config = ExperimentConfig(
         synthetic=TINY_DATA,
@@ -148,12 +141,13 @@ def test_resume_after_interruption_gives_identical_results(tmp_path):
 
 
 def test_resume_refuses_a_different_config(cloud_setup, tmp_path):
-    _, _, path, root = cloud_setup
-    simulate(path, root / "dataset", tmp_path, FleetConfig(methods=("cloud",), workers=1))
+    _, _, path, dataset = cloud_setup
+    simulate(path, dataset, tmp_path, FleetConfig(methods=("cloud",), workers=1))
     with pytest.raises(ValueError, match="cannot resume"):
-        simulate(path, root / "dataset", tmp_path, FleetConfig(methods=("cloud", "local"), workers=1), resume=True)
+        simulate(path, dataset, tmp_path, FleetConfig(methods=("cloud", "local"), workers=1), resume=True)
 
 
+@pytest.mark.slow
 def test_main_job_cli_writes_all_outputs(tmp_path):
     cmd = [
         sys.executable, "-m", "lcft_tf", "run", "--num_users=16", "--samples_per_user=30", "--models=lr",
@@ -178,6 +172,7 @@ def test_main_job_cli_writes_all_outputs(tmp_path):
     assert bad.returncode != 0 and "unknown models" in bad.stderr
 
 
+@pytest.mark.slow
 def test_experiment_on_movielens_raw_files(tmp_path):
     from raw_fixtures import write_movielens
 

@@ -8,20 +8,19 @@ import json
 
 import numpy as np
 import pytest
+from conftest import TINY_DATA
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'lcft-tf[ray]')")
+pytestmark = pytest.mark.ray
 
-from lcft_tf.cloud.export import ExportConfig, export_tflite  # noqa: E402
+from lcft_tf.cloud.export import ExportConfig  # noqa: E402
 from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table  # noqa: E402
-from lcft_tf.cloud.train import CloudConfig, train_cloud  # noqa: E402
-from lcft_tf.data.synthetic import SyntheticConfig, generate  # noqa: E402
+from lcft_tf.data.synthetic import SyntheticConfig  # noqa: E402
 from lcft_tf.fleet.config import FleetConfig  # noqa: E402
 from lcft_tf.fleet.executors import SerialExecutor  # noqa: E402
 from lcft_tf.fleet.simulate import simulate  # noqa: E402
 from lcft_tf.fleet.ray_executor import RayExecutor  # noqa: E402
 
-DATA = SyntheticConfig(num_users=20, num_items=40, mean_samples_per_user=30, history_length=4, dense_dim=3, seed=2)
-CLOUD = CloudConfig(epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
 FLEET = FleetConfig(methods=("cloud", "local", "soft2"), learning_rate=0.1, users_per_chunk=2, workers=2)
 
 
@@ -33,14 +32,11 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ray")
-    data = generate(DATA)
-    data.save(root / "dataset")
-    path = root / "wide_deep.tflite"
-    export_tflite(train_cloud("wide_deep", data, CLOUD), path, ExportConfig(batch_size=8, global_ctr=data.global_ctr))
-    serial = simulate(path, root / "dataset", root / "serial", FLEET, executor=SerialExecutor())
-    return data, path, root, serial
+def setup(tiny_export, tmp_path_factory):
+    """The tiny recipe's export and dataset, and the serial fleet to compare with."""
+    data, folder, _, path = tiny_export("wide_deep")
+    serial = simulate(path, folder, tmp_path_factory.mktemp("ray") / "serial", FLEET, executor=SerialExecutor())
+    return data, path, folder, serial
 
 
 def _assert_same(a, b):
@@ -69,20 +65,20 @@ class _KillsOneWorker(RayExecutor):
 
 
 def test_ray_fleet_equals_serial_and_survives_a_killed_worker(local_ray, setup, tmp_path):
-    _, path, root, serial = setup
-    on_ray = simulate(path, root / "dataset", tmp_path / "ray", FLEET, executor=RayExecutor(2))
+    _, path, dataset, serial = setup
+    on_ray = simulate(path, dataset, tmp_path / "ray", FLEET, executor=RayExecutor(2))
     _assert_same(on_ray, serial)
 
     killer = _KillsOneWorker(2)
-    survived = simulate(path, root / "dataset", tmp_path / "killed", FLEET, executor=killer)
+    survived = simulate(path, dataset, tmp_path / "killed", FLEET, executor=killer)
     assert killer.pid_after != killer.pid_before  # Ray restarted it: the kill hit a live worker
     _assert_same(survived, serial)
     manifest = json.loads((tmp_path / "killed" / "fleet.json").read_text())
-    assert len(manifest["chunks"]) == DATA.num_users // FLEET.users_per_chunk  # each chunk listed once
+    assert len(manifest["chunks"]) == TINY_DATA.num_users // FLEET.users_per_chunk  # each chunk listed once
 
 
 def test_ray_resume_reuses_listed_chunks(local_ray, setup, tmp_path):
-    _, path, root, serial = setup
+    _, path, dataset, serial = setup
 
     class StopsAfter(RayExecutor):
         def map_unordered(self, *args):
@@ -92,21 +88,21 @@ def test_ray_resume_reuses_listed_chunks(local_ray, setup, tmp_path):
                 yield result
 
     with pytest.raises(KeyboardInterrupt):
-        simulate(path, root / "dataset", tmp_path, FLEET, executor=StopsAfter(2))
+        simulate(path, dataset, tmp_path, FLEET, executor=StopsAfter(2))
     listed = len(json.loads((tmp_path / "fleet.json").read_text())["chunks"])
     assert listed == 3
-    resumed = simulate(path, root / "dataset", tmp_path, FLEET, resume=True, executor=RayExecutor(2))
+    resumed = simulate(path, dataset, tmp_path, FLEET, resume=True, executor=RayExecutor(2))
     assert resumed.stats["resumed_chunks"] == 3
-    assert resumed.stats["users_simulated_now"] == DATA.num_users - 3 * FLEET.users_per_chunk
+    assert resumed.stats["users_simulated_now"] == TINY_DATA.num_users - 3 * FLEET.users_per_chunk
     _assert_same(resumed, serial)
 
 
 def test_ray_hard_search_equals_serial(local_ray, setup):
-    data, path, root, _ = setup
+    data, path, dataset, _ = setup
     config = HardSearchConfig(users_per_group=3, alphas=(0.5, 2.0), betas=(0.0, 0.2))
-    serial_table, serial_report = search_hard_table(path, root / "dataset", config, learning_rate=0.1,
+    serial_table, serial_report = search_hard_table(path, dataset, config, learning_rate=0.1,
                                                     executor=SerialExecutor())
-    ray_table, ray_report = search_hard_table(path, root / "dataset", config, learning_rate=0.1,
+    ray_table, ray_report = search_hard_table(path, dataset, config, learning_rate=0.1,
                                               executor=RayExecutor(2))
     assert ray_table == serial_table
     strip = lambda r: [{k: v for k, v in g.items()} for g in r["groups"]]

@@ -11,6 +11,7 @@ below sit well inside those margins.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
@@ -19,6 +20,7 @@ from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
 
+@pytest.mark.slow
 def test_soft2_beats_local_beats_cloud_under_strong_drift(tmp_path):
     config = ExperimentConfig(
         synthetic=SyntheticConfig(num_users=400, num_items=60, mean_samples_per_user=40, history_length=4,

@@ -118,6 +118,7 @@ def test_bootstrap_rejects_bad_input():
 
 
 # -- summarize -----------------------------------------------------------------
+@pytest.mark.slow
 def test_summary_matches_sklearn_reference_and_seed_mean():
     data = _data()
     runs = _noisy_runs(data)

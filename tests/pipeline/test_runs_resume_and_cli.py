@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import slow_cases
 
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
@@ -76,6 +77,7 @@ def test_resume_with_a_changed_config_is_refused_before_anything_is_written(fini
     assert after == before  # nothing rewritten: not the dataset, not results.json
 
 
+@pytest.mark.slow
 def test_hard_edges_change_is_refused(tmp_path):
     from lcft_tf.pipeline.hard_search import HardSearchConfig
 
@@ -99,6 +101,7 @@ def test_resume_with_the_same_config_reuses_every_stage_and_records_the_hashes(f
     assert len(set(again["stages"].values())) == 4
 
 
+@pytest.mark.slow
 def test_a_damaged_cloud_model_is_rebuilt_and_everything_after_it_too(finished, tmp_path, caplog):
     config = _copy(finished, tmp_path)
     keras_file = tmp_path / "run" / "lr_seed0" / "cloud" / "lr.keras"
@@ -108,6 +111,7 @@ def test_a_damaged_cloud_model_is_rebuilt_and_everything_after_it_too(finished, 
     assert again["runs"]["lr"]["0"]["fleet"]["users_simulated_now"] == TINY.synthetic.num_users
 
 
+@pytest.mark.slow
 def test_a_folder_holding_a_run_needs_resume_or_overwrite(finished, tmp_path):
     config = _copy(finished, tmp_path)
     with pytest.raises(RunExistsError, match="--resume"):
@@ -196,6 +200,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_fleet_workers_exit_when_the_parent_is_killed(finished, tmp_path):
     config, _ = finished
     run = Path(config.output_dir) / "run"
@@ -234,7 +239,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "args, message",
-    [
+    slow_cases([
         (["run", "--dataset=foo"], "unknown dataset 'foo'"),
         (["run", "--num_users=0"], "num_users must be >= 1"),
         (["run", "--num_users=-3"], "num_users must be >= 1"),
@@ -251,7 +256,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
         (["bundle", "--num_users=0"], "num_users must be >= 1"),
         (["benchmark", "--repeats=0"], "repeats must be >= 1"),
         (["fly"], "unknown command 'fly'"),
-    ],
+    ], keep=(0, 15)),
 )
 def test_cli_bad_input_gives_one_error_line(args, message):
     done = _cli(*args)
@@ -262,6 +267,7 @@ def test_cli_bad_input_gives_one_error_line(args, message):
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["bundle", "--device_lr=0.1"], ["benchmark", "--seeds=1"], ["run", "--suite=fleet"]])
 def test_a_flag_of_another_command_is_an_error(args):
     done = _cli(*args)
@@ -269,6 +275,7 @@ def test_a_flag_of_another_command_is_an_error(args):
     assert "Unknown command line flag" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_a_changed_flag_fails_in_one_line(finished, tmp_path):
     config = _copy(finished, tmp_path)
     done = _cli("run", "--resume", "--name=run", f"--output_dir={config.output_dir}", "--num_users=21",
@@ -278,6 +285,7 @@ def test_resume_with_a_changed_flag_fails_in_one_line(finished, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "lcft_tf", "run", "--num_users=400", "--models=lr", "--seeds=0",
@@ -295,6 +303,7 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_tensorflow_start_up_lines_are_quiet_by_default():
     quiet = _cli("run", "--num_users=0")
     assert "oneDNN" not in quiet.stderr and "cuInit" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr
