@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lcft_tf import methods as registry
+from lcft_tf._io import json_ready
 from lcft_tf.evaluation.grouping import LOCAL_SAMPLE_EDGES, Grouping, local_sample_groups
 from lcft_tf.evaluation.metrics import change_shares, paired_bootstrap, per_user_auc, weighted_user_mean
 
@@ -76,7 +77,7 @@ def summarize(
         },
         "models": models,
     }
-    return _json_ready(summary)
+    return json_ready(summary)
 
 
 def _check_arguments(runs, global_ctr: float, methods: list[str], stayed_tolerance: float) -> None:
@@ -312,18 +313,3 @@ def _local_ctr_histogram(local_ctr: np.ndarray) -> dict[str, list]:
     finite = local_ctr[np.isfinite(local_ctr)]
     counts, bins = np.histogram(finite, bins=20, range=(0.0, 1.0))
     return {"bins": bins.tolist(), "counts": counts.tolist()}
-
-
-def _json_ready(value):
-    """Plain Python numbers; NaN / inf -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
