@@ -32,3 +32,53 @@ def test_one_json_rule_for_summary_and_files():
     assert json.loads(_io.to_json(value)) == expected  # the file writer uses the same rule
     assert summary_module.json_ready is _io.json_ready  # ... and so does summarize
     assert not hasattr(summary_module, "_json_ready")
+
+
+# -- shared synthetic runs -------------------------------------------------------
+def _fleet(seed: int = 0, users: int = 90):
+    """Users with 0-20 test samples (a few none, many one class), some without train samples."""
+    rng = np.random.default_rng(seed)
+    num_test = rng.integers(0, 21, users)
+    num_test[:4] = 0
+    num_train = rng.integers(1, 40, users)
+    num_train[4:10] = 0
+    local = np.where(num_train > 0, rng.uniform(0.0, 0.6, users), np.nan)
+    labels = (rng.random(num_test.sum()) < 0.3).astype(np.int8)
+    return num_test, num_train, local, labels
+
+
+def _runs(data, seeds=(0, 1), methods=("cloud", "local", "soft1"), unchanged=0.0):
+    """Noisy predictions per seed; Local equals Cloud for the users whose index is below ``unchanged`` x users."""
+    num_test, num_train, local, labels = data
+    user_of = np.repeat(np.arange(len(num_test)), num_test)
+    out = {}
+    for s in seeds:
+        rng = np.random.default_rng(50 + s)
+        base = 0.5 * labels + rng.normal(0, 1, len(labels))
+        preds = {m: base + 0.3 * i * labels + rng.normal(0, 0.4, len(labels)) for i, m in enumerate(methods)}
+        preds["cloud"] = base
+        if "local" in preds:
+            preds["local"] = np.where(user_of < unchanged * len(num_test), base, preds["local"])
+        out[s] = FleetResults(np.arange(len(num_test)), local, num_train, num_test, labels, preds)
+    return out
+
+
+# -- "n/a" for one seed's std ------------------------------------------------------
+def test_one_seed_std_is_null_and_printed_n_a(tmp_path):
+    from lcft_tf.evaluation.markdown import auc_table, render_markdown
+
+    data = _fleet()
+    one = summarize({"m": _runs(data, seeds=(3,))}, 0.3, ["cloud", "local"], resamples=20)
+    entry = one["models"]["m"]
+    assert entry["methods"]["cloud"]["std"] is None and entry["methods"]["local"]["std"] is None
+    assert entry["gains"]["vs_cloud"]["local"]["std_over_seeds"] is None
+    assert json.loads(_io.to_json(one))["models"]["m"]["methods"]["local"]["std"] is None
+    table = auc_table(one, "d")
+    assert table.count("± n/a") == 2 and "± 0.0000" not in table
+    assert "± n/a" in render_markdown({"title": "T"}, one)
+    # two seeds: the sample std, printed as before
+    two = summarize({"m": _runs(data, seeds=(3, 4))}, 0.3, ["cloud", "local"], resamples=20)
+    per_seed = two["models"]["m"]["methods"]["local"]["per_seed"]
+    assert two["models"]["m"]["methods"]["local"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-15)
+    assert f"{np.mean(per_seed):.4f} ± {np.std(per_seed, ddof=1):.4f}" in auc_table(two, "d")
+    assert "n/a" not in auc_table(two, "d")

@@ -32,7 +32,8 @@ def _gain_cell(entry: Mapping[str, Any] | None) -> str:
 def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
     """Paper Table 2: rows model, columns methods (registry labels), the
     user-weighted AUC (eq. 12) as mean ± sample std over seeds, 4 decimals,
-    the best mean of each row in bold. ``dataset`` fills the first column."""
+    the best mean of each row in bold; the std of a model with one seed is
+    "n/a" (one seed has no spread). ``dataset`` fills the first column."""
     methods = summary["methods"]
     lines = ["| dataset | model | " + " | ".join(registry.label(m) for m in methods) + " |",
              "|" + "---|" * (len(methods) + 2)]
@@ -41,10 +42,17 @@ def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
         best = max((v for v in means if v is not None), default=None)
         cells = []
         for m, mean in zip(methods, means):
-            text = f"{_num(mean, '.4f')} ± {_num(entry['methods'][m]['std'], '.4f')}"
+            text = f"{_num(mean, '.4f')} ± {_std(entry, m)}"
             cells.append(f"**{text}**" if mean is not None and mean == best else text)
         lines.append(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _std(entry: Mapping[str, Any], method: str) -> str:
+    """The std cell of ``method`` in a model's row: "n/a" for one seed, else 4 decimals (or "–" for None)."""
+    if len(entry["seeds"]) < 2:
+        return "n/a"
+    return _num(entry["methods"][method]["std"], ".4f")
 
 
 def gain_table(summary: Mapping[str, Any]) -> str:

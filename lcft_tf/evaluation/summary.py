@@ -214,9 +214,10 @@ def _model_auc(seed_runs: Mapping[int, Any], methods: Sequence[str]) -> _ModelAU
     return _ModelAUC(seeds, list(methods), auc, count, used)
 
 
-def _std_over_seeds(values: np.ndarray) -> float:
-    """Sample std (ddof 1) over seeds; 0 for a single seed (docs/evaluation.md "Seeds")."""
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+def _std_over_seeds(values: np.ndarray) -> float | None:
+    """Sample std (ddof 1) over seeds; None for a single seed, which has no
+    spread to measure (null in JSON, "n/a" in report.md; docs/evaluation.md "Seeds")."""
+    return float(values.std(ddof=1)) if len(values) > 1 else None
 
 
 def _method_numbers(data: _ModelAUC) -> dict[str, dict[str, Any]]:
