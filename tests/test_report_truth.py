@@ -82,3 +82,41 @@ def test_one_seed_std_is_null_and_printed_n_a(tmp_path):
     assert two["models"]["m"]["methods"]["local"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-15)
     assert f"{np.mean(per_seed):.4f} ± {np.std(per_seed, ddof=1):.4f}" in auc_table(two, "d")
     assert "n/a" not in auc_table(two, "d")
+
+
+# -- one style per method ------------------------------------------------------------
+def _fig2_styles(summary) -> dict[str, tuple]:
+    """Label -> (colour, marker, line style) of the lines drawn in Fig. 2 and Fig. 4."""
+    from lcft_tf.evaluation.figures import figure_gain_by_group
+
+    out = {}
+    for key, number in (("groups", 2), ("groups_by_local_samples", 4)):
+        fig = figure_gain_by_group(summary, key, number)
+        for ax in fig.axes:
+            for c in ax.containers:
+                line = c.lines[0]
+                style = (matplotlib.colors.to_hex(line.get_color(), keep_alpha=True), line.get_marker(),
+                         line.get_linestyle())
+                assert out.setdefault(c.get_label(), style) == style  # same in every panel and figure
+        plt.close(fig)
+    return out
+
+
+def test_a_method_keeps_its_colour_and_marker_across_runs():
+    from lcft_tf.evaluation.figures import method_style
+
+    data = _fleet()
+    one = ["cloud", "local", "soft1", "new_aug"]
+    other = ["cloud", "coda", "soft2", "new_aug", "soft1"]
+    a = _fig2_styles(summarize({"m": _runs(data, methods=one)}, 0.3, one, resamples=20))
+    b = _fig2_styles(summarize({"m": _runs(data, methods=other)}, 0.3, other, resamples=20))
+    assert a["LCFT Soft1"] == b["LCFT Soft1"] and a["new_aug"] == b["new_aug"]
+    # the registry order decides: soft1 is the registry's third method in both runs
+    assert a["LCFT Soft1"][:2] == (matplotlib.colors.to_hex("C2", keep_alpha=True), "^")
+    # an unknown name: deterministic, and unlike every registry method's colour and marker
+    from lcft_tf.methods import METHODS
+
+    known = {(method_style(m)["color"], method_style(m)["marker"]) for m in METHODS}
+    assert (method_style("new_aug")["color"], method_style("new_aug")["marker"]) not in known
+    assert method_style("new_aug") == method_style("new_aug")
+    assert len({(method_style(m)["color"], method_style(m)["marker"]) for m in METHODS}) == len(METHODS)

@@ -9,6 +9,7 @@ means, as the tables do.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,27 +24,40 @@ from lcft_tf.evaluation.summary import gain_entry, gain_key
 FIGURES = ("fig1_local_ctr.png", "fig2_auc_by_drift.png", "fig3_user_changes.png", "fig4_gain_by_local_samples.png")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINESTYLES = ("-", "--", "-.", ":")
+# Methods the registry does not know: colours and markers no registry method uses.
+_EXTRA_COLORS = ("C8", "C9", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "black")
+_EXTRA_MARKERS = ("p", "h", "<", ">", "d", "H", "8")
 _OFFSET = 0.07  # x shift between methods, in group widths
+
+
+def method_style(method: str) -> dict[str, str]:
+    """The fixed colour, marker and line style of ``method`` in every figure
+    and every run: from its position in the method registry
+    (:data:`lcft_tf.methods.METHODS`), not in a run's method list. A name
+    the registry does not know gets a style picked from its name's SHA-256
+    (the same in every run and process), from colours and markers that no
+    registry method uses. Returns ``{"color", "marker", "linestyle"}``."""
+    if method in registry.METHODS:
+        i = registry.METHODS.index(method)
+        return {"color": f"C{i % 10}", "marker": _MARKERS[i % len(_MARKERS)],
+                "linestyle": _LINESTYLES[i % len(_LINESTYLES)]}
+    h = int(hashlib.sha256(method.encode()).hexdigest(), 16)
+    return {"color": _EXTRA_COLORS[h % len(_EXTRA_COLORS)],
+            "marker": _EXTRA_MARKERS[(h // len(_EXTRA_COLORS)) % len(_EXTRA_MARKERS)],
+            "linestyle": _LINESTYLES[(h // 1000) % len(_LINESTYLES)]}
 
 
 def method_styles(methods: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Colour, marker, line style and x offset of each method in Figs. 2 and 4.
 
-    Returns method -> ``{"color": "C<i>", "marker", "linestyle", "offset"}``;
-    ``offset`` is an x shift in group widths (0.07 apart, centred on 0), all
-    distinct, so methods with equal values stay visible (docs/evaluation.md
-    "Figures"). The same for every panel of a figure.
+    Returns method -> ``{"color", "marker", "linestyle", "offset"}``: the
+    first three are :func:`method_style` (fixed per method across runs and
+    figures); ``offset`` is an x shift in group widths (0.07 apart, centred
+    on 0, by position in ``methods``), all distinct, so methods with equal
+    values stay visible (docs/evaluation.md "Figures").
     """
     k = len(methods)
-    return {
-        m: {
-            "color": f"C{i % 10}",
-            "marker": _MARKERS[i % len(_MARKERS)],
-            "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
-            "offset": (i - (k - 1) / 2) * _OFFSET,
-        }
-        for i, m in enumerate(methods)
-    }
+    return {m: {**method_style(m), "offset": (i - (k - 1) / 2) * _OFFSET} for i, m in enumerate(methods)}
 
 
 def figure_local_ctr(summary: Mapping[str, Any]):
