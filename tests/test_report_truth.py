@@ -36,9 +36,9 @@ def test_one_json_rule_for_summary_and_files():
 
 # -- shared synthetic runs -------------------------------------------------------
 def _fleet(seed: int = 0, users: int = 90):
-    """Users with 0-20 test samples (a few none, many one class), some without train samples."""
+    """Users with 1-20 test samples (4 with none, many one class), some without train samples."""
     rng = np.random.default_rng(seed)
-    num_test = rng.integers(0, 21, users)
+    num_test = rng.integers(1, 21, users)
     num_test[:4] = 0
     num_train = rng.integers(1, 40, users)
     num_train[4:10] = 0
@@ -120,3 +120,131 @@ def test_a_method_keeps_its_colour_and_marker_across_runs():
     assert (method_style("new_aug")["color"], method_style("new_aug")["marker"]) not in known
     assert method_style("new_aug") == method_style("new_aug")
     assert len({(method_style(m)["color"], method_style(m)["marker"]) for m in METHODS}) == len(METHODS)
+
+
+# -- counts that match the users actually scored -----------------------------------------
+def _scored(data):
+    """Independently of the package: evaluated (both classes in the test labels) and left-out users
+    (test samples, one class), from the per-user labels."""
+    num_test, _, _, labels = data
+    user_of = np.repeat(np.arange(len(num_test)), num_test)
+    classes = np.array([len(np.unique(labels[user_of == u])) for u in range(len(num_test))])
+    return classes == 2, (num_test > 0) & (classes == 1)
+
+
+def test_group_counts_are_the_users_actually_scored(tmp_path):
+    from lcft_tf.evaluation.figures import figure_gain_by_group, figure_local_ctr, figure_user_changes
+    from lcft_tf.evaluation.grouping import DRIFT_EDGES, LOCAL_SAMPLE_EDGES
+    from lcft_tf.evaluation.report import write_report
+
+    data = _fleet()
+    num_test, num_train, local, _ = data
+    evaluated, left_out = _scored(data)
+    assert left_out.sum() > 5 and (num_test == 0).sum() == 4  # the old "users" count would be wrong
+    summary = summarize({"m": _runs(data)}, 0.3, ["cloud", "local", "soft1"], resamples=20)
+    entry = summary["models"]["m"]
+    assert (entry["users_used"], entry["users_left_out"], entry["users_without_test_samples"]) == (
+        evaluated.sum(), left_out.sum(), 4)
+    no_ctr = np.isnan(local)
+    assert (entry["users_without_local_ctr_used"], entry["users_without_local_ctr_left_out"]) == (
+        (no_ctr & evaluated).sum(), (no_ctr & left_out).sum())
+    # drift buckets by hand ([lo, hi), the last one closed) and local sample groups by hand
+    drift = np.abs(local - 0.3)
+    by_drift = [(drift >= lo) & ((drift < hi) | (hi == DRIFT_EDGES[-1]))
+                for lo, hi in zip(DRIFT_EDGES[:-1], DRIFT_EDGES[1:])]
+    edges = [*LOCAL_SAMPLE_EDGES, np.inf]
+    by_samples = [(num_train >= lo) & (num_train < hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    write_report(tmp_path, {"title": "T"}, summary)
+    text = (tmp_path / "report.md").read_text()
+    for key, masks, number in (("groups", by_drift, 2), ("groups_by_local_samples", by_samples, 4)):
+        groups = entry[key]
+        fig = figure_gain_by_group(summary, key, number)
+        for g, mask in zip(groups, masks, strict=True):
+            used, left = int((mask & evaluated).sum()), int((mask & left_out).sum())
+            assert (g["users_used"], g["users_left_out"]) == (used, left)
+            assert text.count(f"| m | {g['label']} | {used} | {left} |") == 2  # the tables vs Cloud and vs Local
+            for ax in fig.axes:
+                assert f"{g['label']}\n{used} evaluated\n{left} left out" in [t.get_text() for t in ax.get_xticklabels()]
+        if key == "groups":
+            assert f"not shown (no local CTR): {(no_ctr & evaluated).sum()} evaluated" in fig.axes[0].get_xlabel()
+        plt.close(fig)
+        # every evaluated user is in one group row, or (local-CTR groups) among the users without local CTR
+        ungrouped = entry["users_without_local_ctr_used"] if key == "groups" else 0
+        assert sum(g["users_used"] for g in groups) + ungrouped == evaluated.sum()
+    assert f"- m: {evaluated.sum()} of 90 users in the AUC; {left_out.sum()} left out (test set of one class); " \
+           f"4 without test samples (not evaluated)." in text
+    fig = figure_user_changes(summary)
+    assert f"shares of {evaluated.sum()} evaluated users ({left_out.sum()} left out" in fig.axes[0].get_title()
+    plt.close(fig)
+    fig = figure_local_ctr(summary)
+    assert f"{(~no_ctr & evaluated).sum()} evaluated, {(~no_ctr & left_out).sum()} left out" in fig.axes[0].get_title()
+    plt.close(fig)
+
+
+# -- how many users a fine-tune changed ----------------------------------------------------
+def test_users_changed_by_each_method_against_an_independent_count():
+    from sklearn.metrics import roc_auc_score
+
+    from lcft_tf.evaluation.markdown import render_markdown
+
+    data = _fleet(seed=1)
+    num_test, _, _, labels = data
+    runs = _runs(data, seeds=(0, 1, 2), unchanged=0.6)  # Local = Cloud for 60% of the users
+    summary = summarize({"m": runs}, 0.3, ["cloud", "local", "soft1"], resamples=20)
+    evaluated, _ = _scored(data)
+    user_of = np.repeat(np.arange(len(num_test)), num_test)
+
+    def per_user(run, method):
+        return np.array([roc_auc_score(labels[user_of == u], run.predictions[method][user_of == u])
+                         if evaluated[u] else np.nan for u in range(len(num_test))])
+
+    text = render_markdown({"title": "T"}, summary)
+    for base, method in (("cloud", "local"), ("cloud", "soft1"), ("local", "soft1")):
+        counts = [int((np.abs(per_user(r, method) - per_user(r, base))[evaluated] > 1e-6).sum()) for r in runs.values()]
+        entry = summary["models"]["m"]["user_changes"][f"vs_{base}"][method]
+        assert entry["users_used"] == evaluated.sum()
+        assert entry["users_changed"] == pytest.approx(np.mean(counts), abs=1e-12)
+        assert entry["changed"] == pytest.approx(np.mean(counts) / evaluated.sum(), abs=1e-12)
+        assert [s["users_changed"] for s in entry["per_seed"]] == counts
+        assert entry["changed"] == pytest.approx(1 - entry["stayed"], abs=1e-12)
+        n = np.mean(counts)
+        shown = f"{n:.0f}" if float(n).is_integer() else f"{n:.1f}"
+        label = {"local": "Local", "soft1": "LCFT Soft1", "cloud": "Cloud"}
+        assert (f"- m: {label[method]} changed the test AUC of {shown} of {evaluated.sum()} evaluated users "
+                f"({n / evaluated.sum():.1%}) against {label[base]}; {1 - n / evaluated.sum():.1%} are unchanged") in text
+    # Local left 60% of the users exactly as Cloud had them: at most 40% changed
+    assert summary["models"]["m"]["user_changes"]["vs_cloud"]["local"]["changed"] <= 0.41
+
+
+# -- readable group labels ------------------------------------------------------------------
+def _overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Pairs of x tick labels (any panel) whose drawn boxes overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes for t in ax.get_xticklabels()
+             if t.get_visible() and t.get_text()]
+    return [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:] if box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("num_groups", [5, 9, 20])
+def test_group_labels_never_overlap(num_groups):
+    from lcft_tf.evaluation.figures import figure_gain_by_group
+    from lcft_tf.evaluation.grouping import Grouping
+
+    ratios = tuple(float(r) for r in range(1, num_groups + 1))
+    rng = np.random.default_rng(num_groups)
+    num_test, num_train, _, labels = _fleet(users=6 * num_groups)
+    local = np.where(num_train > 0, 1.0 / (1.0 + rng.choice(ratios, len(num_train))), np.nan)
+    data = (num_test, num_train, local, labels)
+    summary = summarize({"m": _runs(data, seeds=(0,))}, 0.1, ["cloud", "local", "soft1"],
+                        Grouping("negative_ratio", ratios=ratios), resamples=10)
+    assert len(summary["models"]["m"]["groups"]) == num_groups
+    fig = figure_gain_by_group(summary)
+    assert len(fig.axes[0].get_xticklabels()) == num_groups
+    assert _overlapping_tick_labels(fig) == []
+    fig.tight_layout()  # as the report saves it
+    assert _overlapping_tick_labels(fig) == []
+    width = fig.get_size_inches()[0]
+    plt.close(fig)
+    if num_groups == 20:  # the figure grew with the groups
+        assert width > 2 * 6.5
