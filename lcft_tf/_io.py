@@ -11,6 +11,8 @@ import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write via a temp file in the same folder + rename: readers never see a
@@ -72,19 +74,31 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def json_ready(value):
+    """``value`` with plain Python types, the one NaN rule of every JSON this
+    package writes: NaN / inf (float or numpy) -> None (strict JSON null);
+    numpy scalars -> bool / int / float, numpy arrays -> lists, tuples ->
+    lists, dict keys -> str. Anything else (str, None, other objects) is
+    returned as is."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def to_json(obj, indent: int | None = 2) -> bytes:
-    """Strict JSON (NaN / inf become null, which other tools can read)."""
-
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    return json.dumps(clean(obj), indent=indent, default=str, allow_nan=False).encode()
+    """Strict JSON of :func:`json_ready` ``(obj)`` (NaN / inf become null,
+    which other tools can read); other objects are written as their ``str``."""
+    return json.dumps(json_ready(obj), indent=indent, default=str, allow_nan=False).encode()
 
 
 def parse_safetensors(data: bytes, what: str) -> tuple[dict[str, str], dict]:

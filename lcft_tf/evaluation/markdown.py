@@ -32,7 +32,8 @@ def _gain_cell(entry: Mapping[str, Any] | None) -> str:
 def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
     """Paper Table 2: rows model, columns methods (registry labels), the
     user-weighted AUC (eq. 12) as mean ± sample std over seeds, 4 decimals,
-    the best mean of each row in bold. ``dataset`` fills the first column."""
+    the best mean of each row in bold; the std of a model with one seed is
+    "n/a" (one seed has no spread). ``dataset`` fills the first column."""
     methods = summary["methods"]
     lines = ["| dataset | model | " + " | ".join(registry.label(m) for m in methods) + " |",
              "|" + "---|" * (len(methods) + 2)]
@@ -41,10 +42,17 @@ def auc_table(summary: Mapping[str, Any], dataset: str = "") -> str:
         best = max((v for v in means if v is not None), default=None)
         cells = []
         for m, mean in zip(methods, means):
-            text = f"{_num(mean, '.4f')} ± {_num(entry['methods'][m]['std'], '.4f')}"
+            text = f"{_num(mean, '.4f')} ± {_std(entry, m)}"
             cells.append(f"**{text}**" if mean is not None and mean == best else text)
         lines.append(f"| {dataset} | {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _std(entry: Mapping[str, Any], method: str) -> str:
+    """The std cell of ``method`` in a model's row: "n/a" for one seed, else 4 decimals (or "–" for None)."""
+    if len(entry["seeds"]) < 2:
+        return "n/a"
+    return _num(entry["methods"][method]["std"], ".4f")
 
 
 def gain_table(summary: Mapping[str, Any]) -> str:
@@ -65,18 +73,21 @@ def gain_table(summary: Mapping[str, Any]) -> str:
 def group_table(summary: Mapping[str, Any], base: str, key: str = "groups") -> str:
     """Gain over ``base`` per user group: drift bucket or negative ratio
     (``key="groups"``), or local sample count (``"groups_by_local_samples"``);
-    one row per model and group with its number of users, one column per
-    method compared with ``base`` (docs/evaluation.md "User groups").
-    ``base`` must be a baseline of the summary (else ``KeyError``)."""
+    one row per model and group with its numbers of users evaluated (in the
+    AUC and gains) and left out (test samples of one class), one column per
+    method compared with ``base`` (docs/evaluation.md "User groups", "Which
+    users are counted"). ``base`` must be a baseline of the summary (else
+    ``KeyError``)."""
     columns = [(base, m) for m in summary["comparisons"][base]]
     what = _group_axis(summary, key)
-    lines = ["| model | " + what + " | users | " + " | ".join(f"{registry.label(m)} vs {registry.label(b)}"
-                                                        for b, m in columns) + " |",
-             "|" + "---|" * (len(columns) + 3)]
+    lines = ["| model | " + what + " | users evaluated | left out (one-class test) | "
+             + " | ".join(f"{registry.label(m)} vs {registry.label(b)}" for b, m in columns) + " |",
+             "|" + "---|" * (len(columns) + 4)]
     for model, entry in summary["models"].items():
         for g in entry[key]:
             cells = [_gain_cell(gain_entry(g["gains"], b, m)) for b, m in columns]
-            lines.append(f"| {model} | {g['label']} | {g['users']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {model} | {g['label']} | {g['users_used']} | {g['users_left_out']} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -91,14 +102,39 @@ def change_table(summary: Mapping[str, Any]) -> str:
     """Share of users (percent, 1 decimal) whose AUC rose / stayed / fell
     against each baseline, mean over seeds (paper Fig. 3; docs/evaluation.md
     "Rose / stayed / fell")."""
-    lines = ["| model | method | vs | rose | stayed | fell |", "|---|---|---|---|---|---|"]
+    lines = ["| model | method | vs | rose | stayed | fell | users changed |", "|---|---|---|---|---|---|---|"]
     for model, entry in summary["models"].items():
         for key, per_method in entry["user_changes"].items():
             base = key.removeprefix("vs_")
             for m, s in per_method.items():
                 lines.append(f"| {model} | {registry.label(m)} | {registry.label(base)} | "
-                             f"{s['rose']:.1%} | {s['stayed']:.1%} | {s['fell']:.1%} |")
+                             f"{s['rose']:.1%} | {s['stayed']:.1%} | {s['fell']:.1%} | "
+                             f"{_count(s['users_changed'])} of {s['users_used']} |")
     return "\n".join(lines)
+
+
+def _count(value: float) -> str:
+    """A user count that may be a mean over seeds: ``12`` or ``12.5``."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def changed_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One sentence per model, method and baseline: how many of the evaluated
+    users the method changed (|ΔAUC| > the stayed tolerance) and how many it
+    left unchanged, means over seeds (docs/evaluation.md "Users a fine-tune
+    changed")."""
+    tol = summary["stayed_tolerance"]
+    lines = []
+    for model, entry in summary["models"].items():
+        for key, per_method in entry["user_changes"].items():
+            base = registry.label(key.removeprefix("vs_"))
+            for m, s in per_method.items():
+                lines.append(
+                    f"- {model}: {registry.label(m)} changed the test AUC of {_count(s['users_changed'])} of "
+                    f"{s['users_used']} evaluated users ({s['changed']:.1%}) against {base}; "
+                    f"{1 - s['changed']:.1%} are unchanged (|ΔAUC| ≤ {tol:g})."
+                )
+    return lines
 
 
 def render_markdown(title_info: Mapping[str, Any], summary: Mapping[str, Any], figures: Sequence[str] = ()) -> str:
@@ -142,9 +178,10 @@ def _heading(title_info: Mapping[str, Any], summary: Mapping[str, Any]) -> list[
         "",
     ]
     for model, entry in models.items():
+        untested = entry["users_without_test_samples"]
         lines.append(
             f"- {model}: {entry['users_used']} of {entry['users']} users in the AUC; {entry['users_left_out']} left out "
-            f"(test set of one class)."
+            f"(test set of one class)" + (f"; {untested} without test samples (not evaluated)." if untested else ".")
         )
     lines.append("")
     return lines
@@ -170,11 +207,15 @@ def _user_group_section(summary: Mapping[str, Any], level: str) -> list[str]:
     what = ("local-CTR drift abs(w_i − w_g) buckets" if summary["grouping"]["kind"] == "drift"
             else "negative-sampling ratio r (train local CTR w_i = 1/(1+r))")
     without = {m: e["users_without_local_ctr"] for m, e in summary["models"].items()}
+    not_shown = "; ".join(f"{m}: {e['users_without_local_ctr_used']} evaluated, "
+                          f"{e['users_without_local_ctr_left_out']} left out" for m, e in summary["models"].items())
     lines = [
         f"## Gain by {what}",
         "",
         f"Mean over seeds, with {level} paired bootstrap intervals within each group. Users with no train samples "
-        f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}.",
+        f"have no local CTR and are in no group: {', '.join(f'{m}: {n}' for m, n in without.items())}. "
+        f"They count in the overall AUC but in none of these rows ({not_shown}). \"Users evaluated\" are the "
+        f"users in each row's gains; \"left out\" users have test samples of one class only.",
         "",
     ]
     return lines + _group_tables(summary, "groups")
@@ -210,6 +251,10 @@ def _changes_section(summary: Mapping[str, Any]) -> list[str]:
         f"are not counted.",
         "",
         change_table(summary),
+        "",
+        "How many evaluated users each method changed at all (|ΔAUC| above the tolerance), mean over seeds:",
+        "",
+        *changed_lines(summary),
         "",
     ]
 

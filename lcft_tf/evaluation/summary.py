@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lcft_tf import methods as registry
+from lcft_tf._io import json_ready
 from lcft_tf.evaluation.grouping import LOCAL_SAMPLE_EDGES, Grouping, local_sample_groups
 from lcft_tf.evaluation.metrics import change_shares, paired_bootstrap, per_user_auc, weighted_user_mean
 
@@ -76,7 +77,7 @@ def summarize(
         },
         "models": models,
     }
-    return _json_ready(summary)
+    return json_ready(summary)
 
 
 def _check_arguments(runs, global_ctr: float, methods: list[str], stayed_tolerance: float) -> None:
@@ -141,12 +142,16 @@ def _summarize_model(model, seed_runs, global_ctr, methods, comparisons, groupin
     first = _check_seeds_agree(model, seed_runs)
     data = _model_auc(seed_runs, methods)
     group, groups = grouping.assign(first.local_ctr, global_ctr)
+    left_out = (data.count > 0) & ~data.used
     out: dict[str, Any] = {
         "seeds": data.seeds,
         "users": int(len(first.users)),
         "users_used": int(data.used.sum()),
-        "users_left_out": int(((data.count > 0) & ~data.used).sum()),
+        "users_left_out": int(left_out.sum()),
+        "users_without_test_samples": int((data.count == 0).sum()),
         "users_without_local_ctr": int((group < 0).sum()),
+        "users_without_local_ctr_used": int(((group < 0) & data.used).sum()),
+        "users_without_local_ctr_left_out": int(((group < 0) & left_out).sum()),
         "methods": _method_numbers(data),
     }
     pairs = [(b, m) for b, others in comparisons.items() for m in others]
@@ -213,9 +218,10 @@ def _model_auc(seed_runs: Mapping[int, Any], methods: Sequence[str]) -> _ModelAU
     return _ModelAUC(seeds, list(methods), auc, count, used)
 
 
-def _std_over_seeds(values: np.ndarray) -> float:
-    """Sample std (ddof 1) over seeds; 0 for a single seed (docs/evaluation.md "Seeds")."""
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+def _std_over_seeds(values: np.ndarray) -> float | None:
+    """Sample std (ddof 1) over seeds; None for a single seed, which has no
+    spread to measure (null in JSON, "n/a" in report.md; docs/evaluation.md "Seeds")."""
+    return float(values.std(ddof=1)) if len(values) > 1 else None
 
 
 def _method_numbers(data: _ModelAUC) -> dict[str, dict[str, Any]]:
@@ -280,7 +286,10 @@ def _overall_gains(gains: _Gains, method_numbers: Mapping[str, Mapping[str, Any]
 def _group_entries(data: _ModelAUC, gains: _Gains, group: np.ndarray,
                    groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each group's description with its user counts, seed-mean eq. 12 AUC
-    per method and gains (``group``: int ``[users]`` index into ``groups``)."""
+    per method and gains (``group``: int ``[users]`` index into ``groups``).
+    ``users``: all users in the group; ``users_used``: those in its AUC and
+    gains; ``users_left_out``: those with test samples but a one-class test
+    set (docs/evaluation.md "Which users are counted")."""
     entries = []
     for g, description in enumerate(groups):
         mask = group == g
@@ -288,6 +297,7 @@ def _group_entries(data: _ModelAUC, gains: _Gains, group: np.ndarray,
             **description,
             "users": int(mask.sum()),
             "users_used": int((mask & data.used).sum()),
+            "users_left_out": int((mask & (data.count > 0) & ~data.used).sum()),
             "auc": {m: float(np.mean(data.per_seed(i, mask))) for i, m in enumerate(data.methods)},
             "gains": gains.among(mask),
         })
@@ -295,15 +305,22 @@ def _group_entries(data: _ModelAUC, gains: _Gains, group: np.ndarray,
 
 
 def _user_changes(data: _ModelAUC, pairs: list[tuple[str, str]], tolerance: float) -> dict[str, dict[str, Any]]:
-    """Shares of users whose AUC rose / stayed / fell, per seed and their
-    mean (docs/evaluation.md "Rose / stayed / fell")."""
+    """Shares of users whose AUC rose / stayed / fell, and how many of the
+    used users it changed (|ΔAUC| > ``tolerance``), per seed and their mean
+    (docs/evaluation.md "Rose / stayed / fell", "Users a fine-tune changed")."""
     changes: dict[str, dict[str, Any]] = {}
+    used = int(data.used.sum())
     for b, m in pairs:
         base, other = data.auc[:, data.column(b)], data.auc[:, data.column(m)]
-        shares = [change_shares(base[k], other[k], tolerance) for k in range(len(data.seeds))]
+        shares = []
+        for k in range(len(data.seeds)):
+            changed = int((np.abs(other[k][data.used] - base[k][data.used]) > tolerance).sum())
+            shares.append(change_shares(base[k], other[k], tolerance)
+                          | {"changed": changed / max(used, 1), "users_changed": changed})
         changes.setdefault(gain_key(b), {})[m] = {
-            part: float(np.mean([s[part] for s in shares])) for part in ("rose", "stayed", "fell")
-        } | {"per_seed": shares}
+            part: float(np.mean([s[part] for s in shares])) for part in ("rose", "stayed", "fell", "changed",
+                                                                          "users_changed")
+        } | {"users_used": used, "per_seed": shares}
     return changes
 
 
@@ -312,18 +329,3 @@ def _local_ctr_histogram(local_ctr: np.ndarray) -> dict[str, list]:
     finite = local_ctr[np.isfinite(local_ctr)]
     counts, bins = np.histogram(finite, bins=20, range=(0.0, 1.0))
     return {"bins": bins.tolist(), "counts": counts.tolist()}
-
-
-def _json_ready(value):
-    """Plain Python numbers; NaN / inf -> None (strict JSON)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer, int)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value

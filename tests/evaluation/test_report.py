@@ -233,7 +233,7 @@ def test_negative_ratio_grouping(tmp_path):
     assert (last["users"], last["gains"]["vs_cloud"]["local"]["estimate"]) == (0, None)
     json.dumps(empty, allow_nan=False)
     write_report(tmp_path, {"title": "T"}, empty)
-    assert "| m | r=20 (w_i=0.048) | 0 | – |" in (tmp_path / "report.md").read_text()
+    assert "| m | r=20 (w_i=0.048) | 0 | 0 | – |" in (tmp_path / "report.md").read_text()
     with pytest.raises(ValueError, match="grouping kind"):
         Grouping.from_info({"local_ctr_groups": "by_age"})
 
