@@ -24,7 +24,7 @@ from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
 TINY_DATA = SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
 TINY_CLOUD = CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
-TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2))
+TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), soft_candidates=False)  # the plain grid: a fixed size
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ from lcft_tf.evaluation.metrics import user_weighted_auc
 
 DATA = SyntheticConfig(num_users=30, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
 CLOUD = CloudConfig(epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
-HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), seed=4)
+HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), seed=4, selection="argmax",
+                        soft_candidates=False)  # the plain grid search the reference below implements
 
 
 def reference_search(model_path, dataset, config, learning_rate, epochs):
