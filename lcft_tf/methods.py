@@ -9,8 +9,9 @@ docs/coda.md). The fleet, the report, the pipeline and the command line read
 this table; adding a method means adding its row here and its
 implementation where its ``kind`` is run.
 
-``baseline`` methods are references that no device runs (scored from train
-data alone); the report states every gain against them as against Cloud.
+``baseline`` methods are references that no device runs, scored from train
+data alone (:mod:`lcft_tf.evaluation.baselines`); every run reports them
+beside Cloud, so a reader sees whether the cloud model beats a count.
 """
 
 from __future__ import annotations
@@ -83,11 +84,17 @@ REGISTRY: dict[str, Method] = {
         Method("coda", "CoDA", "coda", correction="none", coda_matching="classifier", needs=_CODA_NEEDS),
         Method("coda_lcft", "CoDA + LCFT", "coda", correction="soft2", coda_matching="classifier", needs=_CODA_NEEDS),
         Method("retrieval_only", "Retrieval only", "coda", correction="none", coda_matching="all", needs=_CODA_NEEDS),
+        Method("popularity", "Popularity", "baseline"),
+        Method("item_count", "Item count", "baseline"),
     )
 }
 METHODS = tuple(REGISTRY)
 # What a run compares unless told otherwise: Cloud, Local and LCFT (Table 2).
 DEFAULT_METHODS = tuple(n for n, m in REGISTRY.items() if m.kind in ("cloud", "fine_tune"))
+# Scored in every run, beside the methods asked for (docs/evaluation.md "Baselines").
+BASELINES = tuple(n for n, m in REGISTRY.items() if m.kind == "baseline")
+# Methods a device runs (the fleet's), in registry order.
+DEVICE_METHODS = tuple(n for n, m in REGISTRY.items() if m.kind != "baseline")
 # Gains are reported against these when a run has them (docs/evaluation.md).
 REFERENCES = ("cloud", "local")
 
@@ -111,11 +118,12 @@ def of_kind(names, *kinds: str) -> tuple[str, ...]:
     return tuple(n for n in names if get(n).kind in kinds)
 
 
-def check_methods(names) -> tuple[str, ...]:
-    """``names`` as a tuple after checking that it is non-empty, known and
-    without repeats; raises ``ValueError`` otherwise."""
+def check_methods(names, choices: tuple[str, ...] = METHODS) -> tuple[str, ...]:
+    """``names`` as a tuple after checking that it is non-empty, without
+    repeats and among ``choices`` (default: every registry method); raises
+    ``ValueError`` otherwise."""
     names = tuple(names)
-    unknown = [n for n in names if n not in REGISTRY]
+    unknown = [n for n in names if n not in choices]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(f"unknown or repeated methods {list(names)}; choose from {list(METHODS)}")
+        raise ValueError(f"unknown or repeated methods {list(names)}; choose from {list(choices)}")
     return names

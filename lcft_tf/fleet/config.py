@@ -8,7 +8,7 @@ from typing import Any
 from lcft_tf.checks import learning_rate
 from lcft_tf.device.coda_fine_tune import CodaConfig
 from lcft_tf.fleet.executors import EXECUTORS
-from lcft_tf.methods import DEFAULT_METHODS, check_methods
+from lcft_tf.methods import DEFAULT_METHODS, DEVICE_METHODS, check_methods
 
 SUBMODEL_MODES = ("auto", "on", "off")
 EXECUTOR_CHOICES = ("auto", *EXECUTORS)
@@ -53,7 +53,7 @@ class FleetConfig:
             raise ValueError(f"unknown executor {self.executor!r}; choose from {list(EXECUTOR_CHOICES)}")
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError(f"ray_address {self.ray_address!r} needs executor 'ray', got {self.executor!r}")
-        check_methods(self.methods)
+        check_methods(self.methods, DEVICE_METHODS)  # baselines are scored without devices
         learning_rate(self.learning_rate)
         if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
             raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")

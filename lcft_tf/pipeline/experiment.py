@@ -165,7 +165,8 @@ class ExperimentConfig:
             check_run_name(self.name)
         if self.dataset != "synthetic" and not self.data_dir:
             raise ValueError(f"dataset {self.dataset!r} reads raw files: give data_dir (nothing is downloaded)")
-        object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, methods=tuple(self.methods)))
+        device_methods = tuple(m for m in self.methods if m in methods.DEVICE_METHODS)
+        object.__setattr__(self, "fleet", dataclasses.replace(self.fleet, methods=device_methods))
 
     @property
     def run_name(self) -> str:
@@ -454,6 +455,34 @@ def _run_stage(ctx: _Context, kind: StageKind, model: str | None, seed: int | No
     return stage.info()
 
 
+def _add_baselines(dataset: CTRDataset, fleets: dict[str, dict[int, Any]]) -> dict[str, Any]:
+    """Score the reference baselines (:mod:`lcft_tf.evaluation.baselines`) for
+    every fleet's users, into its predictions; returns how they were chosen."""
+    from lcft_tf.evaluation.baselines import SMOOTHING_GRID, VALIDATION_FRACTION, baseline_scores, choose_smoothing
+
+    smoothing, validation = choose_smoothing(dataset)
+    for seeds in fleets.values():
+        for fleet in seeds.values():
+            fleet.predictions.update(baseline_scores(dataset, fleet.users, smoothing))
+    return {"popularity": {"smoothing": smoothing, "grid": list(SMOOTHING_GRID), "validation_auc": validation,
+                           "validation_fraction": VALIDATION_FRACTION, "chosen_on": "validation (train period)"}}
+
+
+def _baseline_headline(report: dict[str, Any]) -> list[str]:
+    """One line per model: does its cloud model beat popularity (paired CI)?"""
+    lines = []
+    for model, numbers in report["models"].items():
+        gain = numbers["gains"].get("vs_cloud", {}).get("popularity")
+        if gain is None:
+            continue
+        low, high = gain["ci"]
+        verdict = "beats" if high < 0 else ("loses to" if low > 0 else "does not clearly beat")
+        lines.append(f"**{model}**: Cloud {numbers['methods']['cloud']['mean']:.4f} {verdict} popularity "
+                     f"{numbers['methods']['popularity']['mean']:.4f} (popularity − Cloud {gain['estimate']:+.4f}, "
+                     f"95 % CI [{low:+.4f}, {high:+.4f}]).")
+    return lines
+
+
 def rolled_back_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """One line per model x seed x method whose device steps were rolled back
     more often than :data:`ROLLED_BACK_LIMIT` (from each fleet's statistics)."""
@@ -533,7 +562,9 @@ def _run(ctx: _Context, out: Path) -> dict[str, Any]:
                 info.pop("hard")
             runs.setdefault(model_name, {})[seed] = {"fleet": fleet.stats, "cloud": info}
 
-    report = summarize(fleets, global_ctr, config.methods, Grouping.from_info(dataset.info))
+    baselines = _add_baselines(dataset, fleets)
+    scored = (*config.methods, *(b for b in methods.BASELINES if b not in config.methods))
+    report = summarize(fleets, global_ctr, scored, Grouping.from_info(dataset.info))
     results = {
         "package_version": __version__,
         "config": dataclasses.asdict(config),
@@ -541,12 +572,13 @@ def _run(ctx: _Context, out: Path) -> dict[str, Any]:
         "dataset": summary,
         "global_ctr": global_ctr,
         "summary": report,
+        "baselines": baselines,
         "runs": {m: {str(s): ev for s, ev in r.items()} for m, r in runs.items()},
     }
     results["warnings"] = warnings = rolled_back_warnings(runs)
     results = json.loads(to_json(results))  # what the file holds: NaN -> null
     atomic_write(out / "results.json", to_json(results))
-    notes = [f"**Warning**: {w}" for w in warnings] + [
+    notes = [f"**Warning**: {w}" for w in warnings] + _baseline_headline(report) + [
         f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
         f"Cloud training: {config.cloud.optimizer}, lr {config.cloud.rate}, {config.cloud.epochs} epoch(s), "
         f"batch {config.cloud.batch_size}. Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "

@@ -30,16 +30,20 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from lcft_tf.correction import HardCorrectionTable, interval_of
+from lcft_tf.correction import HardCorrectionTable, interval_of, soft1, soft2
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.fine_tune import fine_tune_and_predict
-from lcft_tf.evaluation.metrics import user_weighted_auc
+from lcft_tf.evaluation.metrics import paired_bootstrap, per_user_auc, user_weighted_auc
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import Executor
 from lcft_tf.fleet.simulate import map_device_tasks
 from lcft_tf.fleet.worker import DeviceWorker
 
 log = logging.getLogger(__name__)
+
+
+SELECTIONS = ("significant", "argmax")
+IDENTITY = (1.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +64,8 @@ class HardSearchConfig:
     betas: tuple[float, ...] = dataclasses.field(
         default=(-0.1, 0.0, 0.1, 0.2, 0.3), metadata={"help": "beta values of the grid (crossed with every alpha)"})
     users_per_group: int = dataclasses.field(
-        default=20, metadata={"help": "users sampled per CTR interval for the hard grid search"})
+        default=60, metadata={"help": "users sampled per CTR interval for the hard grid search (more users, "
+                                           "narrower validation intervals: docs/loss_and_correction.md)"})
     validation_fraction: float = dataclasses.field(
         default=0.3, metadata={"help": "each sampled user's last share of train samples used for validation, in "
                                        "(0, 1)"})
@@ -68,11 +73,25 @@ class HardSearchConfig:
         default=4, metadata={"help": "fewest validation samples per sampled user"})
     seed: int = dataclasses.field(
         default=0, metadata={"help": "seed of the user sample (set per run from --seeds)"})
+    selection: str = dataclasses.field(
+        default="significant", metadata={"help": "significant: keep a pair only if its paired validation gain over "
+                                                   "the identity has a bootstrap interval above 0; argmax: the best "
+                                                   "validation AUC (the paper's plain grid search, over-fits)"})
+    soft_candidates: bool = dataclasses.field(
+        default=True, metadata={"help": "also try the soft1 and soft2 pairs at each interval's mean local CTR"})
+    min_users: int = dataclasses.field(
+        default=8, metadata={"help": "fewest usable users an interval needs to leave the identity (significant)"})
+    resamples: int = dataclasses.field(
+        default=2000, metadata={"help": "bootstrap resamples of the paired validation gains (significant)"})
 
     def __post_init__(self) -> None:
         HardCorrectionTable.identity(self.edges)  # validates the edges
         if self.users_per_group < 1 or not 0 < self.validation_fraction < 1:
             raise ValueError("users_per_group >= 1 and validation_fraction in (0, 1) required")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.min_users < 1 or self.resamples < 1:
+            raise ValueError(f"min_users and resamples must be >= 1, got {self.min_users} and {self.resamples}")
 
 
 def search_hard_table(
@@ -94,37 +113,82 @@ def search_hard_table(
     config = config or HardSearchConfig()
     started = time.perf_counter()
     data = dataset if isinstance(dataset, CTRDataset) else CTRDataset.load(dataset)
-    grid = [(1.0, 0.0)] + [p for p in itertools.product(config.alphas, config.betas) if p != (1.0, 0.0)]
     searched, members_per_group = _sample_users(data, config)
-    tasks = [(u, cut, tuple(grid)) for users in searched for u, cut in users]
+    grids = [_candidates(data, users, config) for users in searched]
+    tasks = [(u, cut, tuple(grid)) for users, grid in zip(searched, grids) for u, cut in users]
     device = FleetConfig(learning_rate=learning_rate, epochs=epochs, workers=1)
     predictions = {}
     with tqdm(total=len(tasks), desc="hard search", unit="user", disable=None) as bar:
         for result in map_device_tasks(model_path, dataset, device, fine_tune_grid, tasks, executor):
             predictions[result["user"]] = result["predictions"]
             bar.update(1)
-    alphas, betas, report = [], [], []
-    for g, users in enumerate(searched):
-        scores = _grid_scores(data, users, predictions, len(grid))
-        best = int(np.argmax(scores)) if scores else 0  # argmax: first best, (1, 0) first
-        alphas.append(grid[best][0])
-        betas.append(grid[best][1])
-        report.append(
-            {
-                "interval": [([0.0] + list(config.edges))[g], (list(config.edges) + [1.0])[g]],
-                "users_in_group": int(members_per_group[g]),
-                "users_searched": len(users),
-                "alpha": grid[best][0],
-                "beta": grid[best][1],
-                "validation_auc": scores[best] if scores else None,
-                "validation_auc_raw_labels": scores[0] if scores else None,
-            }
-        )
-    table = HardCorrectionTable(config.edges, tuple(alphas), tuple(betas))
-    fine_tunes = len(tasks) * len(grid)
-    cost = {"fine_tunes": fine_tunes, "grid_size": len(grid), "seconds": round(time.perf_counter() - started, 2)}
+    report = [_choose(data, users, grids[g], predictions, config) | {
+        "interval": [([0.0] + list(config.edges))[g], (list(config.edges) + [1.0])[g]],
+        "users_in_group": int(members_per_group[g]), "users_searched": len(users)}
+        for g, users in enumerate(searched)]
+    table = HardCorrectionTable(config.edges, tuple(g["alpha"] for g in report), tuple(g["beta"] for g in report))
+    fine_tunes = len(tasks) and sum(len(users) * len(grid) for users, grid in zip(searched, grids))
+    cost = {"fine_tunes": fine_tunes, "grid_size": len(grids[0]), "seconds": round(time.perf_counter() - started, 2)}
     log.info("hard table %s (%d fine-tunes, %.1f s)", table.to_json(), fine_tunes, cost["seconds"])
     return table, {"groups": report, "cost": cost, "config": dataclasses.asdict(config)}
+
+
+def _candidates(data: CTRDataset, users: list[tuple[int, int]], config: HardSearchConfig) -> list[tuple[float, float]]:
+    """The pairs tried in one interval: the identity first, the grid, and
+    (``soft_candidates``) the soft1 / soft2 pairs at the mean local CTR of
+    the interval's sampled users (their fit part, as the device sees it)."""
+    grid = [IDENTITY] + [p for p in itertools.product(config.alphas, config.betas) if p != IDENTITY]
+    if config.soft_candidates and users:
+        w_i = float(np.mean([data.user(u).train_labels[:cut].mean() for u, cut in users]))
+        for rule in (soft1, soft2):
+            pair = tuple(float(v) for v in rule(w_i, data.global_ctr))
+            if pair not in grid:
+                grid.append(pair)
+    return grid
+
+
+def _choose(data: CTRDataset, users: list[tuple[int, int]], grid: list, predictions: dict,
+            config: HardSearchConfig) -> dict[str, Any]:
+    """One interval's pair and why. ``argmax``: the best user-weighted
+    validation AUC (the identity on ties). ``significant``: the pair with the
+    largest paired gain over the identity among those whose bootstrap
+    interval lies above 0, else the identity; intervals with fewer than
+    ``min_users`` usable users keep the identity."""
+    scores = _grid_scores(data, users, predictions, len(grid))
+    out = {"alpha": IDENTITY[0], "beta": IDENTITY[1], "validation_auc": scores[0] if scores else None,
+           "validation_auc_raw_labels": scores[0] if scores else None}
+    if not scores:
+        return out | ({"reason": "no usable users"} if config.selection == "significant" else {})
+    if config.selection == "argmax":
+        best = int(np.argmax(scores))  # argmax: first best, the identity first
+        return out | {"alpha": grid[best][0], "beta": grid[best][1], "validation_auc": scores[best]}
+    gains = _paired_gains(data, users, predictions, grid, config)
+    out["candidates"] = [{"alpha": a, "beta": b, "validation_gain": e, "ci": [lo, hi]}
+                         for (a, b), (e, lo, hi) in zip(grid[1:], gains)]
+    if len(users) < config.min_users:
+        return out | {"reason": f"fewer than {config.min_users} usable users"}
+    significant = [(e, i) for i, (e, lo, hi) in enumerate(gains) if lo > 0]
+    if not significant:
+        return out | {"reason": "no pair's validation gain over the identity is significant"}
+    best = max(significant)[1] + 1
+    return out | {"alpha": grid[best][0], "beta": grid[best][1], "validation_auc": scores[best],
+                  "reason": "significant validation gain over the identity"}
+
+
+def _paired_gains(data: CTRDataset, users: list[tuple[int, int]], predictions: dict, grid: list,
+                  config: HardSearchConfig) -> list[tuple[float, float, float]]:
+    """Per non-identity pair: the validation AUC gain over the identity,
+    weighted by validation samples, with its paired user bootstrap interval.
+    The intervals hold jointly at 95 % (Bonferroni over the pairs): with a
+    plain 95 % interval per pair, the best of ~27 pairs on data without
+    drift excluded 0 in one of five intervals (measured, docs/loss_and_correction.md)."""
+    labels = [data.user(u).train_labels[cut:] for u, cut in users]
+    auc = np.array([[per_user_auc(np.zeros(len(y), np.int64), y, predictions[u][p])[0][0] for p in range(len(grid))]
+                    for (u, _), y in zip(users, labels)])
+    weights = np.array([len(y) for y in labels], np.float64)
+    confidence = 1.0 - 0.05 / max(len(grid) - 1, 1)
+    estimate, low, high = paired_bootstrap(auc[:, 1:] - auc[:, :1], weights, config.resamples, confidence, config.seed)
+    return list(zip(estimate.tolist(), low.tolist(), high.tolist()))
 
 
 def _sample_users(data: CTRDataset, config: HardSearchConfig) -> tuple[list[list[tuple[int, int]]], list[int]]:

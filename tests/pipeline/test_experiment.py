@@ -21,7 +21,7 @@ from lcft_tf.fleet.simulate import simulate
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
-TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2))
+TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), soft_candidates=False)  # the plain grid: a fixed size
 
 
 @pytest.fixture(scope="module")

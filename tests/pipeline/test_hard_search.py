@@ -17,7 +17,8 @@ from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
-HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), seed=4)
+HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), seed=4, selection="argmax",
+                        soft_candidates=False)  # the plain grid search the reference below implements
 
 
 def reference_search(model_path, dataset, config, learning_rate, epochs):
