@@ -85,6 +85,7 @@ def test_a_damaged_run_json_is_refused_in_one_line_naming_it(finished, tmp_path,
     assert len(str(err.value).splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_stage_record_of_the_wrong_shape_is_rebuilt(finished, tmp_path, caplog):
     import shutil
 
@@ -97,6 +98,7 @@ def test_a_stage_record_of_the_wrong_shape_is_rebuilt(finished, tmp_path, caplog
     assert results["summary"] == json.loads((Path(finished.output_dir) / "run" / "results.json").read_text())["summary"]
 
 
+@pytest.mark.slow
 def test_a_saved_cloud_model_loads_as_documented_in_a_fresh_process(finished):
     keras_file = Path(finished.output_dir) / "run" / "lr_seed0" / "cloud" / "lr.keras"
     code = textwrap.dedent(f"""

@@ -22,6 +22,8 @@ from lcft_tf.fleet.executors import ProcessExecutor, SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
 
+pytestmark = pytest.mark.slow  # a tiny run or two exports per module (~10-20 s on 2 cores)
+
 CONFIG = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=30, history_length=3, dense_dim=2,
                               seed=5),

@@ -14,6 +14,8 @@ from lcft_tf.cloud.export import ExportConfig, export_tflite
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.device.submodel import SubmodelDevice
 
+pytestmark = pytest.mark.slow  # a tiny run or two exports per module (~10-20 s on 2 cores)
+
 CAPACITY = 12
 
 

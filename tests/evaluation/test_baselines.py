@@ -70,6 +70,7 @@ def test_the_smoothing_is_chosen_without_reading_the_test_split():
     assert choose_smoothing(flipped) == (chosen, validation)
 
 
+@pytest.mark.slow
 def test_every_run_reports_the_baselines_beside_cloud(tmp_path):
     from lcft_tf.cloud.export import ExportConfig
     from lcft_tf.cloud.train import CloudConfig
