@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-FORMAT, FORMAT_VERSION = "lcft-tflite", 2  # 2: train outputs grad_norm/applied, correct outputs valid
+FORMAT, FORMAT_VERSION = "lcft-tflite", 3  # 2: train outputs grad_norm/applied, correct outputs valid; 3: train also rolls back a step whose new weights predict NaN or inf on its batch
 SIGNATURES = ("train", "infer", "infer_one", "save", "restore", "correct")  # what an export writes
 OPTIONAL_SIGNATURES = ("infer_one",)  # batch-1 scoring; a device without it scores one row with infer
 REQUIRED_SIGNATURES = tuple(s for s in SIGNATURES if s not in OPTIONAL_SIGNATURES)

@@ -7,7 +7,8 @@ The file has six signatures, each runnable in the plain LiteRT interpreter
   grad_norm, applied}``: one optimizer step on a static batch
   (``sample_weight`` 0 marks padding rows), the gradient clipped to a global
   norm of ``clip_norm``; a step that would leave any weight, slot or the loss
-  non-finite is not applied (``applied`` 0, state bit-exactly unchanged).
+  non-finite, or whose new weights give a non-finite logit on the step's own
+  batch, is not applied (``applied`` 0, state bit-exactly unchanged).
 * ``infer(<features>) -> {probability}``
 * ``infer_one(<features of one row>) -> {probability}``: the same model at
   batch 1, so scoring one candidate does not pay for a padded batch.
@@ -200,11 +201,28 @@ class TrainableModule(tf.Module):
         ok = tf.logical_and(_finite(loss), _finite(norm))
         for _, new in updates:
             ok = tf.logical_and(ok, _finite(new))
+        # Finite weights can still predict NaN (weights of 1e7..1e9 overflow
+        # to inf - inf inside the forward pass, and LOGISTIC gives NaN for a
+        # logit of 1e29): the new state must also give finite logits and
+        # probabilities (infer's own ops) on this very batch. One forward pass
+        # on the new values, nothing assigned yet (Keras stateless_call),
+        # padding rows included.
+        after = self._logits_after(features, updates)
+        ok = tf.logical_and(ok, tf.logical_and(_finite(after), _finite(tf.sigmoid(after))))
         # Keep the old state when anything is non-finite: builtin SELECT_V2,
         # bit-exact rollback (docs/loss_and_correction.md).
         for v, new in updates:
             v.assign(tf.where(ok, new, v.read_value()))
         return {"loss": loss, "grad_norm": norm, "applied": tf.cast(ok, tf.int32)}
+
+    def _logits_after(self, features, updates) -> tf.Tensor:
+        """The model's logits on ``features`` with every weight replaced by
+        its value in ``updates`` (the rest as they are), without assigning."""
+        new = {id(v): value for v, value in updates}
+        trainable = [new.get(id(v.value), v.value) for v in self.model.trainable_variables]
+        frozen = [new.get(id(v.value), v.value) for v in self.model.non_trainable_variables]
+        logits, _ = self.model.stateless_call(trainable, frozen, features, training=False)
+        return logits
 
     def _updates(self, grads, lr) -> list:
         """``(variable, new value)`` for every variable one optimizer step
@@ -331,7 +349,8 @@ def build_metadata(module: TrainableModule, tflite: bytes) -> dict[str, Any]:
             "name": c.optimizer,
             "learning_rate": c.learning_rate,
             "clip_norm": c.clip_norm,
-            "non_finite_step": "rolled back (train outputs applied = 0)",
+            "non_finite_step": ("rolled back (train outputs applied = 0): a non-finite loss, gradient norm, "
+                                "new weight or slot, or new logit or probability on the step's batch"),
             **({"beta1": c.adam_beta1, "beta2": c.adam_beta2, "epsilon": c.adam_epsilon} if c.optimizer == "adam" else {}),
         },
         "loss": "corrected_log_loss (logit form; logit capped at +-10 for targets outside [0, 1])",

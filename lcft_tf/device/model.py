@@ -12,8 +12,11 @@ bad data fails with a ``ValueError`` before it reaches the interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -29,6 +32,9 @@ from lcft_tf.correction import CORRECTION_IDS, CORRECTIONS, HardCorrectionTable,
 from lcft_tf.features import FeatureSpec
 
 RUNTIMES = ("interpreter", "compiled")
+# Set to 1 to see the lines LiteRT prints to stderr while it creates a
+# CompiledModel (accelerator and plugin registry: NPU, OpenVINO, ...).
+LITERT_LOGS_ENV = "LCFT_LITERT_LOGS"
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +43,23 @@ class OnDeviceModel:
     """Runs the ``train`` / ``infer`` / ``save`` / ``restore`` / ``correct``
     signatures of ``<name>.tflite``, configured by ``<name>.json`` beside it."""
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = 1, runtime: str = "interpreter"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        num_threads: int | None = 1,
+        runtime: str = "interpreter",
+        litert_logs: bool | None = None,
+    ):
+        """``num_threads``: None (LiteRT's default) or an int >= 1, for both
+        runtimes. ``litert_logs``: show what LiteRT prints to stderr while
+        creating a ``CompiledModel`` (about 30 lines of accelerator and plugin
+        registry); default off, or on when ``$LCFT_LITERT_LOGS`` is 1."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        num_threads = _check_num_threads(num_threads)
+        if litert_logs is None:
+            litert_logs = os.environ.get(LITERT_LOGS_ENV, "") == "1"
+        self._litert_logs = bool(litert_logs)
         self.runtime = runtime
         self.path = Path(path)
         meta_path = metadata_path(self.path)
@@ -54,15 +74,23 @@ class OnDeviceModel:
             found = set(self.interpreter.get_signature_list())
             runner = self.interpreter.get_signature_runner
         else:
-            self.interpreter = _compiled_model(content, num_threads)
+            with _stderr_silenced(not litert_logs):
+                self.interpreter = _compiled_model(content, num_threads)
             found = set(self.interpreter.get_signature_list())
-            runner = lambda key: _CompiledSignature(self.interpreter, key)
+            runner = lambda key: _CompiledSignature(self.interpreter, key, quiet=not litert_logs)
         optional = found & set(OPTIONAL_SIGNATURES)
         if found - optional != set(REQUIRED_SIGNATURES):
             raise ValueError(f"{self.path} has signatures {sorted(found)}, expected {sorted(REQUIRED_SIGNATURES)}")
         self.signatures = (*REQUIRED_SIGNATURES, *sorted(optional))
-        self._runners = {key: runner(key) for key in self.signatures}
+        with _stderr_silenced(runtime == "compiled" and not litert_logs):
+            self._runners = {key: runner(key) for key in self.signatures}
         self._check_signatures(meta_path)
+        # What run_signature checks every call against (equal to the runtime's
+        # own table: _check_signatures).
+        self._inputs = {
+            key: [(t["name"], tuple(t["shape"]), np.dtype(t["dtype"])) for t in self.metadata["signatures"][key]["inputs"]]
+            for key in self.signatures
+        }
         self.spec = FeatureSpec.from_json(self.metadata["feature_spec"])
         self.batch_size = int(self.metadata["batch_size"])
         self.learning_rate = float(self.metadata["optimizer"]["learning_rate"])
@@ -74,6 +102,18 @@ class OnDeviceModel:
         self.state_specs = {t["name"]: (tuple(t["shape"]), np.dtype(t["dtype"])) for t in state}
         self.state_fingerprint = state_fingerprint(state)
         self.rolled_back_steps = 0  # train steps dropped by the in-model guard (non-finite), cumulative
+        self._probe = _probe_features(self.spec, self.batch_size)
+
+    def __del__(self):
+        # LiteRT prints its accelerator teardown to stderr when a CompiledModel
+        # goes; let it go here, silenced like its creation.
+        if getattr(self, "runtime", None) == "compiled" and not getattr(self, "_litert_logs", True):
+            try:
+                with _stderr_silenced(True):
+                    self.__dict__.pop("_runners", None)
+                    self.__dict__.pop("interpreter", None)
+            except Exception:  # interpreter shutdown: nothing left to silence with
+                pass
 
     @property
     def name(self) -> str:
@@ -83,10 +123,19 @@ class OnDeviceModel:
     # -- the bare signature call ------------------------------------------
     def run_signature(self, key: str, inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Run signature ``key`` on exactly its inputs (static shapes), like
-        Android's ``runSignature``; no padding or checks beyond LiteRT's own."""
+        Android's ``runSignature``; no padding.
+
+        The same checks for both runtimes, before LiteRT sees anything: the
+        input names must be exactly the signature's, each shape its static
+        shape, and each dtype its dtype, or another dtype whose values the
+        signature's dtype holds exactly (int64 5 for int32, float64 0.5 for
+        float32; not 2**32 + 5, 3.7 for an int, or float64 0.1). Anything
+        else raises a one-line ``ValueError`` naming the signature, the
+        input, what was expected and what was given.
+        """
         if key not in self._runners:
             raise ValueError(f"unknown signature {key!r}; the file has {list(self.signatures)}")
-        return self._runners[key](**(inputs or {}))
+        return self._runners[key](**self._signature_inputs(key, {} if inputs is None else inputs))
 
     def wrap_signatures(self, wrapper: Callable[[str, Callable[..., dict]], Callable[..., dict]]) -> None:
         """Replace each signature's runner by ``wrapper(key, runner)``, for
@@ -107,8 +156,21 @@ class OnDeviceModel:
     # -- high-level steps -------------------------------------------------
     def infer(self, features: Mapping[str, Any]) -> np.ndarray:
         """Click probabilities [N] for N samples; a single row runs the
-        batch-1 ``infer_one`` signature when the file has it."""
+        batch-1 ``infer_one`` signature when the file has it.
+
+        Never returns a NaN or inf score: a state that predicts one raises a
+        one-line ``ValueError`` naming the model and how many scores
+        (docs/loss_and_correction.md#gradient-clipping-and-rollback)."""
         features = self.spec.validate(features)
+        out = self._scores(features)
+        bad = int(np.count_nonzero(~np.isfinite(out)))
+        if bad:
+            raise ValueError(f"{self.name}: {bad} of {len(out)} scores are NaN or inf; the weights are broken "
+                             "(restore a checkpoint)")
+        return out
+
+    def _scores(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Probabilities of checked features, unchecked themselves."""
         n = _rows(features)
         if n == 1 and "infer_one" in self._runners:
             return np.array(self._runners["infer_one"](**features)["probability"], np.float32).reshape(1)
@@ -118,6 +180,13 @@ class OnDeviceModel:
             batch, rows = self._batch(features, start, n)
             out[start : start + rows] = run(**batch)["probability"][:rows]
         return out
+
+    def _probe_fails(self) -> int:
+        """How many of a fixed probe batch's scores are NaN or inf under the
+        current state. The probe (:func:`_probe_features`) reads ids spread
+        over every table and dense values 0, 0.5 and 1: a state broken by
+        huge weights predicts NaN on it (docs/loss_and_correction.md)."""
+        return int(np.count_nonzero(~np.isfinite(self._scores(self._probe))))
 
     def train(
         self,
@@ -164,8 +233,17 @@ class OnDeviceModel:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Load state from :meth:`save`; checked in full first, so a bad
-        state raises ``ValueError`` and leaves the current weights untouched."""
-        self._runners["restore"](**self._check_state(state))
+        state raises ``ValueError`` and leaves the current weights untouched.
+        A finite state that predicts NaN or inf on the probe batch is bad
+        too: it is restored, probed, and the previous state put back."""
+        checked = self._check_state(state)
+        previous = self.save()
+        self._runners["restore"](**checked)
+        bad = self._probe_fails()
+        if bad:
+            self._runners["restore"](**previous)
+            raise ValueError(f"{self.name}: not restoring a state that predicts NaN or inf "
+                             f"({bad} of {self.batch_size} probe scores); the weights are unchanged")
 
     def correct(self, labels: Any, method: str, local_ctr_value: float | None = None) -> np.ndarray:
         """Corrected labels computed inside the model (``correct`` signature).
@@ -197,11 +275,16 @@ class OnDeviceModel:
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write :meth:`save`'s tensors as a safetensors file, atomically.
         Refuses (``ValueError``, old file untouched) when any tensor is
-        non-finite: a checkpoint is the last good state."""
+        non-finite or the state predicts NaN or inf on the probe batch: a
+        checkpoint is the last good state."""
         state = self.save()
         bad = [k for k, v in state.items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
         if bad:
             raise ValueError(f"not saving {path}: state tensor {bad[0]!r} contains NaN or inf")
+        fails = self._probe_fails()
+        if fails:
+            raise ValueError(f"not saving {path}: the {self.name} state predicts NaN or inf "
+                             f"({fails} of {self.batch_size} probe scores)")
         meta = {"format": CHECKPOINT_FORMAT, "model": self.name, "state": self.state_fingerprint}
         atomic_write(path, safetensors_bytes(state, metadata=meta))
 
@@ -261,6 +344,39 @@ class OnDeviceModel:
                     f"{np.dtype(infer[name]['dtype']).name}{list(infer[name]['shape'])}"
                 )
 
+    def _signature_inputs(self, key: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``inputs`` as exactly the arrays signature ``key`` takes (run_signature's checks)."""
+        where = f"{self.name}: signature {key!r}"
+        if not isinstance(inputs, Mapping):
+            raise ValueError(f"{where}: inputs must be a mapping of name to array, got {type(inputs).__name__}")
+        table = self._inputs[key]
+        names = [name for name, _, _ in table]
+        missing = [n for n in names if n not in inputs]
+        extra = sorted(str(n) for n in inputs if n not in names)
+        if missing or extra:
+            raise ValueError(f"{where}: inputs must be exactly {names}; missing {missing}, unexpected {extra}")
+        out = {}
+        for name, shape, dtype in table:
+            expected = f"{dtype.name}{list(shape)}"
+            try:
+                value = np.asarray(inputs[name])
+            except Exception as err:  # ragged lists and the like
+                raise ValueError(f"{where} input {name!r}: expected {expected}, got {type(inputs[name]).__name__} "
+                                 f"that is not an array ({err})") from None
+            got = f"{value.dtype.name}{list(value.shape)}"
+            if value.dtype.kind not in "biuf":
+                raise ValueError(f"{where} input {name!r}: expected {expected}, got {got}")
+            if value.shape != shape:
+                raise ValueError(f"{where} input {name!r}: expected {expected}, got {got}")
+            if value.dtype != dtype:
+                cast = _exact_cast(value, dtype)
+                if cast is None:
+                    raise ValueError(f"{where} input {name!r}: expected {expected}, got {got} whose values "
+                                     f"{dtype.name} cannot hold exactly")
+                value = cast
+            out[name] = _contiguous(value)
+        return out
+
     def _check_state(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         missing = [k for k in self.state_specs if k not in state]
         unknown = [k for k in state if k not in self.state_specs]
@@ -275,7 +391,7 @@ class OnDeviceModel:
                 )
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
                 raise ValueError(f"state tensor {name!r} contains NaN or inf")
-            out[name] = np.ascontiguousarray(value)
+            out[name] = _contiguous(value)
         return out
 
     def _batch(self, arrays: Mapping[str, np.ndarray], start: int, n: int) -> tuple[dict[str, np.ndarray], int]:
@@ -299,9 +415,67 @@ def _compiled_model(content: bytes, num_threads: int | None):
     from ai_edge_litert.options import Options
 
     options = Options(hardware_accelerators=HardwareAccelerator.CPU)
-    if num_threads:
-        options.cpu_options.num_threads = int(num_threads)
+    if num_threads is not None:
+        options.cpu_options.num_threads = num_threads
     return CompiledModel.from_buffer(content, options=options)
+
+
+def _check_num_threads(value: Any) -> int | None:
+    """None or an int >= 1 (not a bool, not 2.5), for both runtimes."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"num_threads must be None or an int >= 1, got {value!r}")
+    return int(value)
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    """C-contiguous, same shape (``np.ascontiguousarray`` turns a scalar into shape [1])."""
+    return np.require(value, requirements="C")
+
+
+def _exact_cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """``value`` as ``dtype`` when every element survives the round trip
+    unchanged (NaN stays NaN), else None."""
+    with np.errstate(all="ignore"):
+        cast = value.astype(dtype)
+        back = cast.astype(value.dtype)
+    same = np.array_equal(back, value, equal_nan=value.dtype.kind == "f" and dtype.kind == "f")
+    return cast if same else None
+
+
+_stderr_lock = threading.Lock()
+_stderr_users = 0  # contexts inside _stderr_silenced now (any thread)
+_stderr_saved = -1  # the real fd 2 while they are
+
+
+@contextlib.contextmanager
+def _stderr_silenced(silence: bool):
+    """Point the process's C-level stderr (fd 2) at /dev/null while LiteRT
+    creates or runs a CompiledModel: it prints its accelerator and plugin
+    registry there on creation (and an INFO line on some runs), and has no
+    option to stop it. Process-wide while it lasts; counted, so overlapping
+    uses from several threads restore the real stderr once, at the end.
+    Python's own ``sys.stderr`` is flushed first."""
+    global _stderr_users, _stderr_saved
+    if not silence:
+        yield
+        return
+    with _stderr_lock:
+        if _stderr_users == 0:
+            sys.stderr.flush()
+            _stderr_saved = os.dup(2)
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+        _stderr_users += 1
+    try:
+        yield
+    finally:
+        with _stderr_lock:
+            _stderr_users -= 1
+            if _stderr_users == 0:
+                os.dup2(_stderr_saved, 2)
+                os.close(_stderr_saved)
 
 
 class _CompiledSignature:
@@ -311,8 +485,8 @@ class _CompiledSignature:
     of the signature's input/output lists, which is the buffers' order
     (checked against the buffers' own shapes here)."""
 
-    def __init__(self, model, key: str):
-        self.model, self.key = model, key
+    def __init__(self, model, key: str, quiet: bool = True):
+        self.model, self.key, self.quiet = model, key, quiet
         self.index = model.get_signature_index(key)
         listed = model.get_signature_list()[key]
         inputs, outputs = model.get_input_tensor_details(key), model.get_output_tensor_details(key)
@@ -335,18 +509,41 @@ class _CompiledSignature:
         return dict(self._outputs)
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
-        """Run the signature on named numpy inputs cast to their dtypes;
-        raises ``ValueError`` for a shape other than the static one."""
+        """Run the signature on exactly its named inputs, each of its exact
+        dtype and static shape (``OnDeviceModel.run_signature`` checks and
+        casts first); anything else raises ``ValueError``, never a cast."""
+        names = [name for name, _ in self._inputs]
+        if set(inputs) != set(names):
+            raise ValueError(f"signature {self.key!r}: inputs must be exactly {names}, got {sorted(inputs)}")
         for (name, detail), buffer in zip(self._inputs, self._in_buffers):
-            value = np.asarray(inputs[name], np.dtype(detail["dtype"]))
-            if list(value.shape) != list(detail["shape"]):
-                raise ValueError(f"{self.key}.{name}: expected shape {detail['shape']}, got {list(value.shape)}")
-            buffer.write(value)
-        self.model.run_by_index(self.index, self._in_buffers, self._out_buffers)
+            value = np.asarray(inputs[name])
+            dtype, shape = np.dtype(detail["dtype"]), [int(d) for d in detail["shape"]]
+            if value.dtype != dtype or list(value.shape) != shape:
+                raise ValueError(f"signature {self.key!r} input {name!r}: expected {dtype.name}{shape}, "
+                                 f"got {value.dtype.name}{list(value.shape)}")
+            buffer.write(_contiguous(value))
+        with _stderr_silenced(self.quiet):  # e.g. "Tracked constant output tensor num_restored" on each restore
+            self.model.run_by_index(self.index, self._in_buffers, self._out_buffers)
         return {
             name: buffer.read(int(np.prod(detail["shape"], dtype=np.int64)), np.dtype(detail["dtype"])).reshape(detail["shape"])
             for (name, detail), buffer in zip(self._outputs, self._out_buffers)
         }
+
+
+def _probe_features(spec: FeatureSpec, batch: int) -> dict[str, np.ndarray]:
+    """A fixed batch of valid features: row ``r`` reads ids spread evenly over
+    each table (0 and the last id included), full-length sequences, and dense
+    values cycling through 0, 0.5 and 1."""
+    out = {}
+    for name in spec.names:
+        shape, dtype = (batch, *spec.shape(name)[1:]), np.dtype(spec.dtype(name))
+        cells = int(np.prod(shape))
+        if dtype.kind == "f":
+            out[name] = ((np.arange(cells) % 3) / 2).astype(dtype).reshape(shape)
+        else:
+            vocab = int(spec[name].vocab_size)
+            out[name] = (np.arange(cells) * (vocab - 1) // max(cells - 1, 1)).astype(dtype).reshape(shape)
+    return out
 
 
 def _rows(features: Mapping[str, np.ndarray]) -> int:
