@@ -124,7 +124,7 @@ def select_retrieved(
     y = np.r_[np.ones(n_local, np.float32), np.zeros(k, np.float32)]
     # Balanced classes: each class carries half the loss (mean weight 1).
     w = np.r_[np.full(n_local, (n_local + k) / (2 * n_local)), np.full(k, (n_local + k) / (2 * k))].astype(np.float32)
-    classifier.restore(classifier_state)
+    classifier.restore(classifier_state, probe=False)  # its initial state, vetted when the worker started
     rng = np.random.default_rng(seed)
     for _ in range(config.classifier_epochs):
         order = rng.permutation(len(x))

@@ -21,7 +21,7 @@ def fine_tune_and_predict(
     samples in their order on ``train_labels`` (raw or corrected, ``[num_train]``;
     None or empty: no fine-tuning, i.e. the Cloud method). Raises
     ``ValueError`` from :class:`OnDeviceModel` on bad inputs."""
-    device.restore(cloud_state)
+    device.restore(cloud_state, probe=False)  # vetted once, when the worker started (DeviceWorker)
     if train_labels is not None and len(train_labels):
         for _ in range(epochs):
             device.train(train_features, train_labels, learning_rate=learning_rate)

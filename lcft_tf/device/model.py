@@ -231,12 +231,18 @@ class OnDeviceModel:
         """All state needed to resume (weights and optimizer slots), by name."""
         return {k: np.array(v) for k, v in self._runners["save"]().items()}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any], probe: bool = True) -> None:
         """Load state from :meth:`save`; checked in full first, so a bad
         state raises ``ValueError`` and leaves the current weights untouched.
         A finite state that predicts NaN or inf on the probe batch is bad
-        too: it is restored, probed, and the previous state put back."""
+        too: it is restored, probed, and the previous state put back.
+        ``probe=False`` skips the probe (and its copy of the current state)
+        for a state already vetted, such as the cloud state a fleet worker
+        restores once per user and method."""
         checked = self._check_state(state)
+        if not probe:
+            self._runners["restore"](**checked)
+            return
         previous = self.save()
         self._runners["restore"](**checked)
         bad = self._probe_fails()

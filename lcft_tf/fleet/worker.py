@@ -75,6 +75,7 @@ class DeviceWorker:
         self.config = config
         self.device = OnDeviceModel(setup.model_path, num_threads=config.interpreter_threads)
         self.state = self.device.save()
+        self.device.restore(self.state)  # probed once here; every user then restores it without the probe
         self.submodel = (SubmodelDevice(setup.model_path, self.state, num_threads=config.interpreter_threads)
                          if use_submodel(setup.model_path, config.submodel) else None)
         self.dataset = setup.dataset if isinstance(setup.dataset, CTRDataset) else CTRDataset.load(setup.dataset)
@@ -84,6 +85,7 @@ class DeviceWorker:
             self.coda = CodaInputs.load(setup.coda_dir)
             self.classifier = OnDeviceModel(self.coda.classifier_path, num_threads=config.interpreter_threads)
             self.classifier_state = self.classifier.save()
+            self.classifier.restore(self.classifier_state)  # probed once; restored per user without the probe
 
     @property
     def rolled_back_steps(self) -> int:
