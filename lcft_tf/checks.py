@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -50,3 +51,91 @@ def check_models(names) -> None:
     unknown = [n for n in names if n not in REGISTRY]
     if unknown or not names:
         raise ValueError(f"unknown models {unknown or '(none given)'}; choose from {sorted(REGISTRY)}")
+
+
+# Seeds reach numpy's legacy seeding (``keras.utils.set_random_seed``), which
+# takes integers in [0, 2**32 - 1]; a negative one fails only inside a stage.
+MAX_SEED = 2**32 - 1
+# Ids are int32 in every feature and signature; the last one is kept free.
+MAX_ID = 2**31 - 2
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low}"
+    if low is None:
+        return f"{'<' if high_open else '<='} {high}"
+    return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+
+
+def integer(value, name: str, low: int | None = None, high: int | None = None) -> int:
+    """``value`` if it is an integer (not a bool, not a float such as 5.0) in
+    ``[low, high]`` (either end None: unbounded); raises ``ValueError``
+    naming ``name`` and the value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer {_range_text(low, high, False, False)}, got {value!r}")
+    return int(value)
+
+
+def number(value, name: str, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+           high_open: bool = False, float32: bool = False) -> float:
+    """``value`` as a float if it is a real number (not a bool or a string),
+    finite (NaN and inf are refused; with ``float32`` also finite as a
+    float32, the dtype a ``.tflite`` signature or table holds it in, and
+    then compared as that float32) and inside ``low``..``high`` (None:
+    unbounded; ``*_open``: that end excluded); raises ``ValueError`` naming
+    ``name`` and the value otherwise."""
+    rule = "a finite number" + (" (as a float32)" if float32 else "")
+    bounds = _range_text(low, high, low_open, high_open) if (low, high) != (None, None) else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {rule}{' ' + bounds if bounds else ''}, got {value!r}")
+    as_float = float(value)
+    if float32:
+        with np.errstate(over="ignore"):
+            as_float = float(np.float32(as_float)) if math.isfinite(as_float) else as_float
+    ok = math.isfinite(as_float)
+    if ok and low is not None:
+        ok = as_float > low if low_open else as_float >= low
+    if ok and high is not None:
+        ok = as_float < high if high_open else as_float <= high
+    if not ok:
+        raise ValueError(f"{name} must be {rule}{' ' + bounds if bounds else ''}, got {value!r}")
+    return float(value)
+
+
+def grid(values, name: str, low: float | None = None, high: float | None = None, *, float32: bool = False
+         ) -> tuple[float, ...]:
+    """``values`` as a tuple of floats: a non-empty sequence (not a string)
+    of numbers each passing :func:`number` with the same bounds; raises
+    ``ValueError`` naming ``name`` and the values otherwise."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list, np.ndarray)) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list of numbers, got {values!r}")
+    for v in values:
+        try:
+            number(v, name, low, high, float32=float32)
+        except ValueError as err:
+            raise ValueError(f"{err} (in {name}={list(values)!r})") from None
+    return tuple(float(v) for v in values)
+
+
+def flag(value, name: str) -> bool:
+    """``value`` if it is a bool (``"false"`` from a dict is truthy, so a
+    string is refused); raises ``ValueError`` naming ``name`` otherwise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def choice(value, name: str, choices) -> str:
+    """``value`` if it is one of ``choices``; raises ``ValueError`` naming
+    ``name``, the value and the choices otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def seed(value, name: str = "seed") -> int:
+    """``value`` if it is an integer seed in [0, :data:`MAX_SEED`]."""
+    return integer(value, name, 0, MAX_SEED)
