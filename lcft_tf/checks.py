@@ -11,8 +11,11 @@ import numpy as np
 def learning_rate(value, name: str = "learning_rate") -> float:
     """``value`` as a float that is finite and >= 0 *in float32*, the dtype
     the ``train`` signature receives (1e39 is finite as a float64 but inf as
-    a float32, and would turn every weight into NaN)."""
+    a float32, and would turn every weight into NaN). A bool or a string is
+    refused too (``"0.1"`` or ``True`` are no learning rate)."""
     try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):
+            raise TypeError
         as64 = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
