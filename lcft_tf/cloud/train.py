@@ -90,6 +90,9 @@ class CloudConfig:
         checks.seed(self.seed)
         if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
             raise ValueError(f"model_kwargs must be a dict of keyword arguments, got {self.model_kwargs!r}")
+        if "seed" in self.model_kwargs or "name" in self.model_kwargs:  # given by train_cloud itself
+            raise ValueError(f"model_kwargs must not set seed or name (the seed is the config's), got "
+                             f"{self.model_kwargs!r}")
 
     @property
     def rate(self) -> float:
