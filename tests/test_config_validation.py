@@ -210,6 +210,11 @@ def test_replace_validates_again():
 
 
 # -- through the command line ------------------------------------------------------------
+TINY_FLAGS = ["--models=lr", "--seeds=0", "--methods=cloud,local", "--num_users=12", "--num_items=20",
+              "--samples_per_user=20", "--synthetic_history_length=3", "--synthetic_dense_dim=2", "--cloud_epochs=1",
+              "--workers=1", "--device_batch_size=8", "--name=x"]
+
+
 @pytest.mark.parametrize("flags, field", [
     (["--device_adam_beta1", "nan"], "adam_beta1"),
     (["--cloud_decay_per_epoch=-1"], "decay_per_epoch"),
@@ -222,7 +227,10 @@ def test_the_cli_refuses_in_one_error_line_before_writing(tmp_path, flags, field
     out = tmp_path / "X"
     root = Path(lcft_tf.__file__).resolve().parents[1]  # the package under test, not another checkout
     env = {**os.environ, "PYTHONPATH": str(root), "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, "-m", "lcft_tf", "run", *flags, "--output_dir", str(out)],
+    given = {f.split("=")[0] for f in flags}
+    # A tiny run otherwise, so that a value let through fails the test quickly, not after a full experiment.
+    tiny = [f for f in TINY_FLAGS if f.split("=")[0] not in given]
+    proc = subprocess.run([sys.executable, "-m", "lcft_tf", "run", *tiny, *flags, "--output_dir", str(out)],
                           capture_output=True, text=True, cwd=root, env=env, timeout=300)
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
