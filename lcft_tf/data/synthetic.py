@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 # overflows in the exposure weights (NaN probabilities), and global_ctr can
 # no longer be met by the click offset (solved in [-20, 20]).
 MAX_LOGIT_SCALE = 50.0
+# Most samples a synthetic dataset may have in expectation (num_users x
+# mean_samples_per_user): a huge mean overflows the int64 sample counts.
+MAX_SAMPLES = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +92,8 @@ class SyntheticConfig:
         default=20, metadata={"help": "Number of item categories, with Zipf-like shares."}
     )
     mean_samples_per_user: float = dataclasses.field(
-        default=200.0, metadata={"help": "Mean impressions per user (log-normal), finite and >= min_samples_per_user."}
+        default=200.0, metadata={"help": "Mean impressions per user (log-normal), finite, >= min_samples_per_user and at most 2**31 - 1 samples "
+                                 "over all users."}
     )
     min_samples_per_user: int = dataclasses.field(
         default=20, metadata={"help": "Fewest impressions a user gets, an integer >= 2 (one train, one test)."}
@@ -135,7 +139,8 @@ class SyntheticConfig:
         for name in ("num_categories", "latent_dim", "dense_dim", "history_length"):
             checks.integer(getattr(self, name), name, 1)
         checks.integer(self.min_samples_per_user, "min_samples_per_user", 2)
-        checks.number(self.mean_samples_per_user, "mean_samples_per_user", self.min_samples_per_user)
+        checks.number(self.mean_samples_per_user, "mean_samples_per_user", self.min_samples_per_user,
+                      MAX_SAMPLES / self.num_users)
         checks.number(self.global_ctr, "global_ctr", 0.0, 1.0, low_open=True, high_open=True)
         for name in ("ctr_spread", "popularity_spread"):
             checks.number(getattr(self, name), name, 0.0, MAX_LOGIT_SCALE)
