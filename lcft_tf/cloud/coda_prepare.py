@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lcft_tf import checks
 from lcft_tf.artifacts.coda_files import CLASSIFIER, EMBEDDINGS, RETRIEVAL
 from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve
 from lcft_tf.data.dataset import CTRDataset
@@ -28,21 +29,28 @@ class ClassifierConfig:
     """The on-device sample classifier as exported (logistic regression by
     default; docs/coda.md).
 
-    Raises ``ValueError`` on construction for a hidden layer or batch size
-    < 1.
+    Raises ``ValueError`` on construction for a hidden layer width or a
+    batch size that is not an integer >= 1, or a learning rate that is not
+    finite and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`).
     """
 
     hidden_units: tuple[int, ...] = dataclasses.field(
-        default=(), metadata={"help": "CoDA: hidden layer widths of the sample classifier; empty: logistic regression"})
+        default=(), metadata={"help": "CoDA: hidden layer widths of the sample classifier (integers >= 1); empty: logistic regression"})
     learning_rate: float = dataclasses.field(
         default=0.5, metadata={"help": "CoDA: the classifier file's default learning rate (--coda_classifier_lr "
                                        "overrides it on the device)"})
     batch_size: int = dataclasses.field(
-        default=32, metadata={"help": "CoDA: static batch of the classifier's train signature (rows per step)"})
+        default=32, metadata={"help": "CoDA: static batch of the classifier's train signature (rows per step), an integer >= 1"})
 
     def __post_init__(self) -> None:
-        if any(u < 1 for u in self.hidden_units) or self.batch_size < 1:
-            raise ValueError("classifier hidden_units and batch_size must be >= 1")
+        if isinstance(self.hidden_units, str) or not isinstance(self.hidden_units, (tuple, list)):
+            raise ValueError(f"hidden_units must be a list of integers >= 1 (empty: logistic regression), "
+                             f"got {self.hidden_units!r}")
+        for units in self.hidden_units:
+            checks.integer(units, "hidden_units", 1)
+        # Checked here, not first when the classifier file is exported after the cloud stage.
+        checks.learning_rate(self.learning_rate)
+        checks.integer(self.batch_size, "batch_size", 1)
 
 
 def prepare_coda(

@@ -68,15 +68,19 @@ class ExportConfig:
     """How the on-device training step is compiled into the file (module
     docstring; docs/tflite_training.md, docs/loss_and_correction.md).
 
-    Raises ``ValueError`` on construction for ``batch_size < 1``, an unknown
-    optimizer, ``global_ctr`` outside [0, 1], a learning rate that is not
-    finite and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`), a
-    ``clip_norm`` that is not finite and > 0 as a float32, or a negative
-    ``submodel_capacity``.
+    Raises ``ValueError`` on construction for a ``batch_size`` that is not an
+    integer >= 1, an unknown optimizer, ``global_ctr`` outside [0, 1], a
+    learning rate that is not finite and >= 0 as a float32
+    (:func:`lcft_tf.checks.learning_rate`), Adam betas outside [0, 1) or an
+    ``adam_epsilon`` / ``clip_norm`` that is not finite and > 0 (each as
+    the float32 the file holds), a ``hard_table`` that is not a
+    :class:`~lcft_tf.correction.HardCorrectionTable`, or a
+    ``submodel_capacity`` that is not an integer >= 0. NaN and inf are
+    refused everywhere.
     """
 
     batch_size: int = dataclasses.field(
-        default=32, metadata={"help": "static batch of the exported train signature (rows per step)"})
+        default=32, metadata={"help": "static batch of the exported train signature (rows per step), an integer >= 1"})
     optimizer: str = dataclasses.field(
         default="sgd", metadata={"help": "on-device optimizer compiled into the file: sgd or adam"})
     learning_rate: float = dataclasses.field(
@@ -85,27 +89,31 @@ class ExportConfig:
         default=0.5, metadata={"help": "global click rate w_g in [0, 1] the correct signature uses (the dataset's)"})
     hard_table: HardCorrectionTable | None = dataclasses.field(
         default=None, metadata={"help": "hard-correction table shipped in the file; unset: hard is invalid there"})
-    adam_beta1: float = dataclasses.field(default=0.9, metadata={"help": "Adam's first-moment decay (adam only)"})
-    adam_beta2: float = dataclasses.field(default=0.999, metadata={"help": "Adam's second-moment decay (adam only)"})
+    adam_beta1: float = dataclasses.field(default=0.9, metadata={"help": "Adam's first-moment decay (adam only), in [0, 1) as a float32"})
+    adam_beta2: float = dataclasses.field(default=0.999, metadata={"help": "Adam's second-moment decay (adam only), in [0, 1) as a float32"})
     adam_epsilon: float = dataclasses.field(
-        default=1e-7, metadata={"help": "Adam's denominator epsilon (adam only; Keras' default)"})
+        default=1e-7, metadata={"help": "Adam's denominator epsilon (adam only; Keras' default), finite and > 0 as a float32"})
     clip_norm: float = dataclasses.field(
-        default=CLIP_NORM, metadata={"help": "global gradient-norm clip of every step (docs/loss_and_correction.md)"})
+        default=CLIP_NORM, metadata={"help": "global gradient-norm clip of every step (docs/loss_and_correction.md), finite and > 0 as a float32"})
     submodel_capacity: int = dataclasses.field(
         default=4096, metadata={"help": "rows per embedding table of the per-device submodel written beside the "
                                         "file when a table is larger; 0: never (docs/submodels.md)"})
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        checks.in_unit_interval(self.global_ctr, "global_ctr")
+        checks.integer(self.batch_size, "batch_size", 1)
+        checks.choice(self.optimizer, "optimizer", OPTIMIZERS)
         checks.learning_rate(self.learning_rate)
-        if not (np.isfinite(np.float32(self.clip_norm)) and self.clip_norm > 0):
-            raise ValueError(f"clip_norm must be finite and > 0, got {self.clip_norm!r}")
-        if self.submodel_capacity < 0:
-            raise ValueError(f"submodel_capacity must be >= 0 (0: no submodel), got {self.submodel_capacity}")
+        checks.number(self.global_ctr, "global_ctr", 0.0, 1.0)
+        if self.hard_table is not None and not isinstance(self.hard_table, HardCorrectionTable):
+            raise ValueError(f"hard_table must be a HardCorrectionTable or None, got {self.hard_table!r}")
+        # Compiled into the file as float32: a beta that rounds to 1 there
+        # divides by 1 - beta**t = 0 and NaN makes every step non-finite, so
+        # each one is rolled back and the device model stays the cloud's.
+        for name in ("adam_beta1", "adam_beta2"):
+            checks.number(getattr(self, name), name, 0.0, 1.0, high_open=True, float32=True)
+        checks.number(self.adam_epsilon, "adam_epsilon", 0.0, low_open=True, float32=True)
+        checks.number(self.clip_norm, "clip_norm", 0.0, low_open=True, float32=True)
+        checks.integer(self.submodel_capacity, "submodel_capacity", 0)
 
 
 def _state_name(path: str, taken: set[str]) -> str:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lcft_tf import checks
 from lcft_tf.artifacts.coda_files import USER_FEATURE, Retrieval
 from lcft_tf.data.dataset import CTRDataset, user_index
 from lcft_tf.features import SequenceFeature, SparseFeature
@@ -44,11 +45,15 @@ class RetrievalConfig:
     """CoDA's coarse matching in the cloud: how many samples each user gets
     and the faiss index that finds them (module docstring; docs/coda.md).
 
-    Raises ``ValueError`` on construction for ``k < 0``, an unknown index,
-    ``pool_size < 1``, an IVF / HNSW parameter < 1 or ``threads < 0``.
+    Raises ``ValueError`` on construction for ``k`` not an integer >= 0, an
+    unknown index, ``pool_size`` not unset or an integer >= 1, ``fields``
+    not unset or distinct names, an IVF / HNSW parameter not an integer
+    >= 1, ``threads`` not an integer >= 0, or a negative seed. (An
+    experiment with a CoDA method also refuses ``k == 0``: nothing would be
+    retrieved and every CoDA method would equal Local.)
     """
 
-    k: int = dataclasses.field(default=100, metadata={"help": "CoDA: samples the cloud retrieves per user"})
+    k: int = dataclasses.field(default=100, metadata={"help": "CoDA: samples the cloud retrieves per user, an integer >= 0 (>= 1 when a CoDA method runs)"})
     index: str = dataclasses.field(
         default="flat", metadata={"help": "CoDA: faiss index, flat (exact inner product), ivf or hnsw (approximate, "
                                           "for large pools)"})
@@ -56,8 +61,8 @@ class RetrievalConfig:
         default=None, metadata={"help": "CoDA: a seeded subsample of this many train samples to retrieve from; "
                                         "unset: all"})
     fields: tuple[str, ...] | None = dataclasses.field(
-        default=None, metadata={"help": "CoDA: features whose embeddings make a sample's vector; unset: every sparse "
-                                        "and sequence feature but user_id"})
+        default=None, metadata={"help": "CoDA: features whose embeddings make a sample's vector (distinct, not "
+                                        "empty); unset: every sparse and sequence feature but user_id"})
     seed: int = dataclasses.field(
         default=0, metadata={"help": "seed of the pool subsample and of IVF's k-means (set per run from --seeds)"})
     threads: int = dataclasses.field(default=0, metadata={"help": "faiss OpenMP threads; 0: faiss's default"})
@@ -69,14 +74,19 @@ class RetrievalConfig:
         default=128, metadata={"help": "hnsw: search breadth (efSearch; raised to the fetch size when larger)"})
 
     def __post_init__(self) -> None:
-        if self.k < 0:
-            raise ValueError(f"k must be >= 0, got {self.k}")
-        if self.index not in INDEXES:
-            raise ValueError(f"index must be one of {INDEXES}, got {self.index!r}")
-        if self.pool_size is not None and self.pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1 or None, got {self.pool_size}")
-        if min(self.ivf_lists, self.ivf_probe, self.hnsw_m, self.hnsw_ef_search) < 1 or self.threads < 0:
-            raise ValueError("ivf_lists, ivf_probe, hnsw_m, hnsw_ef_search must be >= 1 and threads >= 0")
+        checks.integer(self.k, "k", 0)
+        checks.choice(self.index, "index", INDEXES)
+        if self.pool_size is not None:
+            checks.integer(self.pool_size, "pool_size", 1)
+        if self.fields is not None and (isinstance(self.fields, str) or not isinstance(self.fields, (tuple, list))
+                                        or not self.fields or not all(isinstance(f, str) and f for f in self.fields)
+                                        or len(set(self.fields)) != len(self.fields)):
+            # An empty tuple is not "unset": it would fail at embedding time, after the cloud stage.
+            raise ValueError(f"fields must be unset or distinct feature names, got {self.fields!r}")
+        checks.seed(self.seed)
+        checks.integer(self.threads, "threads", 0)
+        for name in ("ivf_lists", "ivf_probe", "hnsw_m", "hnsw_ef_search"):
+            checks.integer(getattr(self, name), name, 1)
 
 
 # -- embeddings ------------------------------------------------------------------

@@ -44,18 +44,21 @@ class CloudConfig:
 
     Raises ``ValueError`` on construction for an unknown strategy or
     optimizer, a distributed strategy with an optimizer other than ``sgd``,
-    ``batch_size < 1``, ``epochs < 0``, or a learning rate that is not finite
-    and >= 0 as a float32 (:func:`lcft_tf.checks.learning_rate`).
+    a ``batch_size`` that is not an integer >= 1, ``epochs`` not an integer
+    >= 0, a learning rate that is not finite and >= 0 as a float32
+    (:func:`lcft_tf.checks.learning_rate`), ``decay_per_epoch`` outside
+    [0, 1] (NaN and inf included), a negative seed, or ``model_kwargs``
+    that is not a dict.
     """
 
     batch_size: int = dataclasses.field(
-        default=32, metadata={"help": "global batch of cloud training (samples per step, over all replicas)"})
-    epochs: int = dataclasses.field(default=2, metadata={"help": "passes over all users' train samples"})
+        default=32, metadata={"help": "global batch of cloud training (samples per step, over all replicas), an integer >= 1"})
+    epochs: int = dataclasses.field(default=2, metadata={"help": "passes over all users' train samples, an integer >= 0"})
     learning_rate: float | None = dataclasses.field(
         default=None, metadata={"help": "cloud learning rate; unset: adam 1e-3, sgd 1.0 (the paper's); decayed by "
                                         "--cloud_decay_per_epoch each epoch"})
     decay_per_epoch: float = dataclasses.field(
-        default=0.1, metadata={"help": "factor the learning rate is multiplied by after each epoch"})
+        default=0.1, metadata={"help": "factor the learning rate is multiplied by after each epoch, in [0, 1] (1: constant; > 1 would grow it, < 0 turn epochs into gradient ascent)"})
     optimizer: str = dataclasses.field(
         default="adam", metadata={"help": "cloud optimizer: adam, or sgd (the paper's, with learning rate 1.0)"})
     shuffle: bool = dataclasses.field(default=True, metadata={"help": "shuffle the train samples every epoch"})
@@ -68,20 +71,28 @@ class CloudConfig:
                                              "multi_worker (the machines TF_CONFIG lists; needs sgd)"})
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose from {list(STRATEGIES)}")
+        checks.choice(self.strategy, "strategy", STRATEGIES)
+        checks.choice(self.optimizer, "optimizer", sorted(OPTIMIZERS))
         if self.strategy != "default" and self.optimizer != "sgd":
             # Keras's Adam treats sparse embedding gradients per occurrence on
             # one replica and densely after an all-reduce: weights 0.29 apart
             # in tests/test_multi_worker.py. SGD matches to 1e-6.
             raise ValueError(f"strategy {self.strategy!r} trains the single-replica weights only with "
                              f"optimizer 'sgd' (got {self.optimizer!r}); pass --cloud_optimizer sgd")
-        if self.batch_size < 1 or self.epochs < 0:
-            raise ValueError("batch_size must be >= 1 and epochs >= 0")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        checks.integer(self.batch_size, "batch_size", 1)
+        checks.integer(self.epochs, "epochs", 0)
         if self.learning_rate is not None:
             checks.learning_rate(self.learning_rate)
+        # Multiplies the rate each epoch: > 1 grows it without bound, < 0
+        # flips its sign every other epoch (gradient ascent), NaN poisons it.
+        checks.number(self.decay_per_epoch, "decay_per_epoch", 0.0, 1.0)
+        checks.flag(self.shuffle, "shuffle")
+        checks.seed(self.seed)
+        if not isinstance(self.model_kwargs, dict) or not all(isinstance(k, str) for k in self.model_kwargs):
+            raise ValueError(f"model_kwargs must be a dict of keyword arguments, got {self.model_kwargs!r}")
+        if "seed" in self.model_kwargs or "name" in self.model_kwargs:  # given by train_cloud itself
+            raise ValueError(f"model_kwargs must not set seed or name (the seed is the config's), got "
+                             f"{self.model_kwargs!r}")
 
     @property
     def rate(self) -> float:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lcft_tf import checks
 from lcft_tf.data.dataset import (
     CTRDataset,
     category_ids,
@@ -67,7 +68,8 @@ class AmazonOptions:
 
     Raises ``ValueError`` on construction for a bad category name, unknown
     negatives or split, ratios outside [1, 1000], a ``test_fraction``
-    outside (0, 1), or a non-integer / out-of-range count or seed.
+    outside (0, 1) (NaN, inf and non-numbers included), a non-integer /
+    out-of-range count or seed, or ``skip_bad_rows`` that is not a bool.
     """
 
     category: str | None = dataclasses.field(
@@ -110,6 +112,8 @@ class AmazonOptions:
             isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= 1000 for r in self.negative_ratios
         ):
             raise ValueError(f"negative_ratios must be integers in [1, 1000], got {self.negative_ratios!r}")
+        checks.number(self.test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        checks.flag(self.skip_bad_rows, "skip_bad_rows")  # "false" from a dict would be truthy
         check_split_options(self, ("global", "per_user"))
         check_int(self.seed, "seed")
 

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lcft_tf import checks
 from lcft_tf.data.dataset import (
     CTRDataset,
     category_ids,
@@ -98,7 +99,8 @@ class MovieLensOptions:
     """How MovieLens raw files become a dataset (rules: docs/data.md "MovieLens").
 
     Raises ``ValueError`` on construction for an unknown split, a
-    ``test_fraction`` outside (0, 1), or a non-integer / out-of-range count.
+    ``test_fraction`` outside (0, 1) (NaN, inf and non-numbers included), a
+    non-integer / out-of-range count, or a switch that is not a bool.
     """
 
     split: str = dataclasses.field(
@@ -122,6 +124,9 @@ class MovieLensOptions:
     )
 
     def __post_init__(self) -> None:
+        checks.number(self.test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        for name in ("use_genome", "skip_bad_rows"):  # "false" from a dict would be truthy
+            checks.flag(getattr(self, name), name)
         check_split_options(self, ("auto", "global", "per_user"))
 
 

@@ -48,11 +48,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import numbers
 import time
 
 import numpy as np
 
-from lcft_tf.checks import in_unit_interval
+from lcft_tf import checks
 from lcft_tf.data.dataset import (
     CTRDataset,
     click_history_features,
@@ -64,84 +65,96 @@ from lcft_tf.features import DenseFeature, FeatureSpec
 
 log = logging.getLogger(__name__)
 
+# Largest spread or weight of a logit term: exp() of larger popularity draws
+# overflows in the exposure weights (NaN probabilities), and global_ctr can
+# no longer be met by the click offset (solved in [-20, 20]).
+MAX_LOGIT_SCALE = 50.0
+# Most samples a synthetic dataset may have in expectation (num_users x
+# mean_samples_per_user): a huge mean overflows the int64 sample counts.
+MAX_SAMPLES = 2**31 - 1
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """Parameters of the generative process in the module docstring.
 
-    Raises ``ValueError`` on construction when a count is < 1, a rate or
-    share leaves its range, or ``few_sample_range`` is not ``2 <= lo <= hi``.
+    Raises ``ValueError`` on construction, naming the field and the value,
+    for a field outside the rule its help states: counts are integers >= 1
+    (ids fit int32), every float is finite and in its range (NaN and inf are
+    refused), ``few_sample_range`` is two integers ``2 <= lo <= hi``.
     """
 
-    num_users: int = dataclasses.field(default=500, metadata={"help": "Number of users (ids 1..num_users)."})
+    num_users: int = dataclasses.field(default=500, metadata={"help": "Number of users (ids 1..num_users), an integer >= 1."})
     num_items: int = dataclasses.field(
-        default=300, metadata={"help": "Number of items (ids 1..num_items; 0 is padding)."}
+        default=300, metadata={"help": "Number of items (ids 1..num_items; 0 is padding), an integer >= 1."}
     )
     num_categories: int = dataclasses.field(
         default=20, metadata={"help": "Number of item categories, with Zipf-like shares."}
     )
     mean_samples_per_user: float = dataclasses.field(
-        default=200.0, metadata={"help": "Mean impressions per user (log-normal)."}
+        default=200.0, metadata={"help": "Mean impressions per user (log-normal), finite, >= min_samples_per_user and at most 2**31 - 1 samples "
+                                 "over all users."}
     )
     min_samples_per_user: int = dataclasses.field(
-        default=20, metadata={"help": "Fewest impressions a user gets (at least 2: one train, one test)."}
+        default=20, metadata={"help": "Fewest impressions a user gets, an integer >= 2 (one train, one test)."}
     )
     global_ctr: float = dataclasses.field(
         default=0.5, metadata={"help": "Expected overall click rate w_g, in (0, 1)."}
     )
     ctr_spread: float = dataclasses.field(
-        default=1.0, metadata={"help": "Std of the per-user click propensity: how far local CTRs w_i drift from w_g."}
+        default=1.0, metadata={"help": "Std of the per-user click propensity: how far local CTRs w_i drift from w_g; in [0, 50]."}
     )
     taste_weight: float = dataclasses.field(
-        default=1.5, metadata={"help": "Weight of user-item taste affinity in the click logit."}
+        default=1.5, metadata={"help": "Weight of user-item taste affinity in the click logit; in [-50, 50]."}
     )
     popularity_spread: float = dataclasses.field(
-        default=0.5, metadata={"help": "Std of item popularity (logit bias, also exposure weight)."}
+        default=0.5, metadata={"help": "Std of item popularity (logit bias, also exposure weight); in [0, 50] (exp() of larger draws overflows)."}
     )
     latent_dim: int = dataclasses.field(default=8, metadata={"help": "Dimension of user tastes and item vectors."})
     dense_dim: int = dataclasses.field(default=16, metadata={"help": "Dimension of each item's genome vector."})
     history_length: int = dataclasses.field(default=10, metadata={"help": "Length of pos_hist / neg_hist."})
     test_fraction: float = dataclasses.field(
-        default=0.2, metadata={"help": "Each user's last fraction of impressions that is test."}
+        default=0.2, metadata={"help": "Each user's last fraction of impressions that is test, in (0, 1)."}
     )
     few_sample_share: float = dataclasses.field(
-        default=0.0, metadata={"help": "Share of users with few impressions, the users CoDA targets (docs/coda.md)."}
+        default=0.0, metadata={"help": "Share of users with few impressions, the users CoDA targets (docs/coda.md); in [0, 1]."}
     )
     few_sample_range: tuple[int, int] = dataclasses.field(
-        default=(5, 20), metadata={"help": "Inclusive range of a few-sample user's impressions."}
+        default=(5, 20), metadata={"help": "Inclusive range (lo, hi) of a few-sample user's impressions, integers with 2 <= lo <= hi."}
     )
     taste_clusters: int = dataclasses.field(
-        default=0, metadata={"help": "Number of taste clusters of similar users; 0 draws independent tastes."}
+        default=0, metadata={"help": "Number of taste clusters of similar users (an integer >= 0); 0 draws independent tastes."}
     )
     taste_noise: float = dataclasses.field(
         default=0.3, metadata={"help": "Share s of a clustered taste that is the user's own, in [0, 1]."}
     )
     exposure_taste: float = dataclasses.field(
-        default=0.0, metadata={"help": "How strongly users are shown items they like; 0 is popularity only."}
+        default=0.0, metadata={"help": "How strongly users are shown items they like, in [0, 50); 0 is popularity only."}
     )
-    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of every draw."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of every draw (and of the max_users subsample), an integer in [0, 2**32 - 1]."})
 
     def __post_init__(self) -> None:
-        for name in ("num_users", "num_items", "num_categories", "latent_dim", "dense_dim", "history_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.global_ctr < 1.0:
-            raise ValueError(f"global_ctr must be in (0, 1), got {self.global_ctr}")
-        if self.min_samples_per_user < 2:
-            raise ValueError("min_samples_per_user must be >= 2 (one train and one test sample)")
-        if self.mean_samples_per_user < self.min_samples_per_user:
-            raise ValueError("mean_samples_per_user must be >= min_samples_per_user")
-        if self.ctr_spread < 0 or self.popularity_spread < 0:
-            raise ValueError("spreads must be >= 0")
-        in_unit_interval(self.few_sample_share, "few_sample_share")
-        lo, hi = self.few_sample_range
-        if self.taste_clusters < 0:
-            raise ValueError(f"taste_clusters must be >= 0, got {self.taste_clusters}")
-        if not 0.0 <= self.exposure_taste < 50:
-            raise ValueError(f"exposure_taste must be in [0, 50), got {self.exposure_taste}")
-        in_unit_interval(self.taste_noise, "taste_noise")
-        if not 2 <= lo <= hi:
-            raise ValueError(f"few_sample_range must be (lo, hi) with 2 <= lo <= hi, got {self.few_sample_range}")
+        for name in ("num_users", "num_items"):  # ids 1..n are int32 (0 is padding)
+            checks.integer(getattr(self, name), name, 1, checks.MAX_ID)
+        for name in ("num_categories", "latent_dim", "dense_dim", "history_length"):
+            checks.integer(getattr(self, name), name, 1)
+        checks.integer(self.min_samples_per_user, "min_samples_per_user", 2)
+        checks.number(self.mean_samples_per_user, "mean_samples_per_user", self.min_samples_per_user,
+                      MAX_SAMPLES / self.num_users)
+        checks.number(self.global_ctr, "global_ctr", 0.0, 1.0, low_open=True, high_open=True)
+        for name in ("ctr_spread", "popularity_spread"):
+            checks.number(getattr(self, name), name, 0.0, MAX_LOGIT_SCALE)
+        checks.number(self.taste_weight, "taste_weight", -MAX_LOGIT_SCALE, MAX_LOGIT_SCALE)
+        checks.number(self.test_fraction, "test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        checks.number(self.few_sample_share, "few_sample_share", 0.0, 1.0)
+        r = self.few_sample_range
+        if not (isinstance(r, (tuple, list)) and len(r) == 2 and all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in r) and 2 <= r[0] <= r[1]):
+            raise ValueError(f"few_sample_range must be two integers (lo, hi) with 2 <= lo <= hi, got {r!r}")
+        checks.integer(self.taste_clusters, "taste_clusters", 0)
+        checks.number(self.taste_noise, "taste_noise", 0.0, 1.0)
+        checks.number(self.exposure_taste, "exposure_taste", 0.0, 50.0, high_open=True)
+        checks.seed(self.seed, "seed")
 
 
 def synthetic_spec(config: SyntheticConfig) -> FeatureSpec:

@@ -40,8 +40,10 @@ class CodaConfig:
     rule over the retrieved samples (module docstring; docs/coda.md).
 
     Raises ``ValueError`` on construction for an unknown keep rule or
-    correction, ``keep_value`` outside [0, 1], ``classifier_epochs < 1``, or
-    a ``classifier_lr`` that is not finite and >= 0.
+    correction, ``keep_value`` outside [0, 1] (NaN included) or 0 with the
+    ``fraction`` rule (nothing kept), ``classifier_epochs`` not an integer
+    >= 1, a ``classifier_lr`` that is not finite and >= 0 as a float32, or a
+    switch that is not a bool.
     """
 
     use_classifier: bool = dataclasses.field(
@@ -51,9 +53,9 @@ class CodaConfig:
         default="threshold", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
                                                "keep_value) or fraction (the top keep_value share)"})
     keep_value: float = dataclasses.field(
-        default=0.5, metadata={"help": "CoDA: the probability threshold, or the kept fraction, in [0, 1]"})
+        default=0.5, metadata={"help": "CoDA: the probability threshold, or the kept fraction, in [0, 1] (a fraction > 0)"})
     classifier_epochs: int = dataclasses.field(
-        default=10, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples"})
+        default=10, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples, an integer >= 1"})
     classifier_lr: float | None = dataclasses.field(
         default=None, metadata={"help": "CoDA: the sample classifier's learning rate; unset: the classifier file's "
                                         "default"})
@@ -63,15 +65,18 @@ class CodaConfig:
         default=True, metadata={"help": "CoDA: kept samples carry the local user's id (docs/coda.md)"})
 
     def __post_init__(self) -> None:
-        if self.keep not in KEEP_RULES:
-            raise ValueError(f"keep must be one of {KEEP_RULES}, got {self.keep!r}")
-        checks.in_unit_interval(self.keep_value, "keep_value")
-        if self.classifier_epochs < 1:
-            raise ValueError(f"classifier_epochs must be >= 1, got {self.classifier_epochs}")
-        if self.classifier_lr is not None and (not np.isfinite(self.classifier_lr) or self.classifier_lr < 0):
-            raise ValueError(f"classifier_lr must be finite and >= 0, got {self.classifier_lr!r}")
-        if self.correction is not None and self.correction not in CORRECTIONS:
-            raise ValueError(f"correction must be None or one of {CORRECTIONS}, got {self.correction!r}")
+        checks.flag(self.use_classifier, "use_classifier")
+        checks.choice(self.keep, "keep", KEEP_RULES)
+        checks.number(self.keep_value, "keep_value", 0.0, 1.0)
+        if self.keep == "fraction" and self.keep_value == 0:
+            raise ValueError("keep_value 0 with keep 'fraction' keeps no retrieved sample (every CoDA method would "
+                             "equal Local), got 0")
+        checks.integer(self.classifier_epochs, "classifier_epochs", 1)
+        if self.classifier_lr is not None:
+            checks.learning_rate(self.classifier_lr, "classifier_lr")
+        if self.correction is not None:
+            checks.choice(self.correction, "correction", CORRECTIONS)
+        checks.flag(self.adopt_user_id, "adopt_user_id")
 
 
 def method_config(method: str, base: CodaConfig | None = None, **overrides: Any) -> CodaConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from lcft_tf.checks import learning_rate
+from lcft_tf import checks
 from lcft_tf.device.coda_fine_tune import CodaConfig
 from lcft_tf.fleet.executors import EXECUTORS
 from lcft_tf.methods import DEFAULT_METHODS, DEVICE_METHODS, check_methods
@@ -19,21 +19,24 @@ class FleetConfig:
     """How every device fine-tunes and where the fleet runs.
 
     Raises ``ValueError`` on construction for an unknown method, executor or
-    submodel mode, a learning rate that is not finite as a float32, or
-    negative counts.
+    submodel mode, a learning rate that is not finite and >= 0 as a float32,
+    or a count that is not an integer in its range (each field's help).
+    Learning rate 0 and 0 epochs are allowed here (tests use them to pin a
+    device model to the cloud's); an experiment with a fine-tuning method
+    refuses them (:class:`lcft_tf.pipeline.experiment.ExperimentConfig`).
     """
 
     methods: tuple[str, ...] = dataclasses.field(
         default=DEFAULT_METHODS, metadata={"help": "methods every device runs (lcft_tf.methods.REGISTRY)"})
     learning_rate: float = dataclasses.field(
-        default=0.01, metadata={"help": "device fine-tuning learning rate, fed to the train signature (paper 0.01; 0.1 shows more)"})
-    epochs: int = dataclasses.field(default=1, metadata={"help": "passes over each user's local samples"})
+        default=0.01, metadata={"help": "device fine-tuning learning rate, fed to the train signature (paper 0.01; 0.1 shows more); finite and > 0 as a float32 in an experiment"})
+    epochs: int = dataclasses.field(default=1, metadata={"help": "passes over each user's local samples, an integer (>= 1 in an experiment)"})
     users_per_chunk: int = dataclasses.field(
-        default=32, metadata={"help": "users per result chunk (the unit of resume and of a task)"})
+        default=32, metadata={"help": "users per result chunk (the unit of resume and of a task), an integer >= 1"})
     workers: int = dataclasses.field(
         default=0, metadata={"help": "fleet and hard-search workers (processes or Ray actors); 0: one per CPU core "
                                      "(under Ray: the cluster's CPUs)"})
-    interpreter_threads: int = dataclasses.field(default=1, metadata={"help": "LiteRT interpreter threads per worker"})
+    interpreter_threads: int = dataclasses.field(default=1, metadata={"help": "LiteRT interpreter threads per worker, an integer >= 1"})
     coda: CodaConfig = dataclasses.field(
         default=CodaConfig(), metadata={"help": "CoDA's device options (keep rule, classifier training)"})
     submodel: str = dataclasses.field(
@@ -49,16 +52,18 @@ class FleetConfig:
     NOT_IN_KEY = ("workers", "executor", "ray_address")
 
     def __post_init__(self) -> None:
-        if self.executor not in EXECUTOR_CHOICES:
-            raise ValueError(f"unknown executor {self.executor!r}; choose from {list(EXECUTOR_CHOICES)}")
+        checks.choice(self.executor, "executor", EXECUTOR_CHOICES)
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError(f"ray_address {self.ray_address!r} needs executor 'ray', got {self.executor!r}")
         check_methods(self.methods, DEVICE_METHODS)  # baselines are scored without devices
-        learning_rate(self.learning_rate)
-        if self.epochs < 0 or self.users_per_chunk < 1 or self.workers < 0:
-            raise ValueError("epochs >= 0, users_per_chunk >= 1 and workers >= 0 required")
-        if self.submodel not in SUBMODEL_MODES:
-            raise ValueError(f"submodel must be one of {SUBMODEL_MODES}, got {self.submodel!r}")
+        checks.learning_rate(self.learning_rate)
+        checks.integer(self.epochs, "epochs", 0)
+        checks.integer(self.users_per_chunk, "users_per_chunk", 1)
+        checks.integer(self.workers, "workers", 0)
+        checks.integer(self.interpreter_threads, "interpreter_threads", 1)
+        if not isinstance(self.coda, CodaConfig):
+            raise ValueError(f"coda must be a CodaConfig, got {self.coda!r}")
+        checks.choice(self.submodel, "submodel", SUBMODEL_MODES)
 
     def key(self) -> dict[str, Any]:
         """The fields a fleet's numbers depend on (its stage key)."""

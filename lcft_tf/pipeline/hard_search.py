@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from lcft_tf import checks
 from lcft_tf.correction import HardCorrectionTable, interval_of, soft1, soft2
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.device.fine_tune import fine_tune_and_predict
@@ -53,24 +54,29 @@ class HardSearchConfig:
 
     Raises ``ValueError`` on construction for edges that do not increase
     strictly inside (0, 1) (:class:`lcft_tf.correction.HardCorrectionTable`),
-    ``users_per_group < 1`` or ``validation_fraction`` outside (0, 1).
+    an empty ``alphas`` or ``betas``, a grid value that is not finite as a
+    float32, a grid with no pair but (1, 0) (the search could only pick raw
+    labels), ``users_per_group`` not an integer >= 1,
+    ``validation_fraction`` outside (0, 1), ``min_validation`` not an
+    integer >= 2, or a negative seed. NaN and inf are refused everywhere.
     """
 
     edges: tuple[float, ...] = dataclasses.field(
         default=(0.2, 0.4, 0.6, 0.8), metadata={"help": "local-CTR interval edges of the hard table, strictly "
                                                         "increasing in (0, 1)"})
     alphas: tuple[float, ...] = dataclasses.field(
-        default=(0.5, 0.75, 1.0, 1.5, 2.0), metadata={"help": "alpha values of the grid (the pair alpha 1, beta 0 is always tried)"})
+        default=(0.5, 0.75, 1.0, 1.5, 2.0), metadata={"help": "alpha values of the grid: not empty, finite (the pair alpha 1, beta 0 is always tried; the grid "
+                                            "needs another)"})
     betas: tuple[float, ...] = dataclasses.field(
-        default=(-0.1, 0.0, 0.1, 0.2, 0.3), metadata={"help": "beta values of the grid (crossed with every alpha)"})
+        default=(-0.1, 0.0, 0.1, 0.2, 0.3), metadata={"help": "beta values of the grid (crossed with every alpha): not empty, finite"})
     users_per_group: int = dataclasses.field(
-        default=60, metadata={"help": "users sampled per CTR interval for the hard grid search (more users, "
-                                           "narrower validation intervals: docs/loss_and_correction.md)"})
+        default=60, metadata={"help": "users sampled per CTR interval for the hard grid search, an integer >= 1 "
+                                           "(more users, narrower validation intervals: docs/loss_and_correction.md)"})
     validation_fraction: float = dataclasses.field(
         default=0.3, metadata={"help": "each sampled user's last share of train samples used for validation, in "
                                        "(0, 1)"})
     min_validation: int = dataclasses.field(
-        default=4, metadata={"help": "fewest validation samples per sampled user"})
+        default=4, metadata={"help": "fewest validation samples per sampled user, an integer >= 2 (an AUC needs both classes)"})
     seed: int = dataclasses.field(
         default=0, metadata={"help": "seed of the user sample (set per run from --seeds)"})
     selection: str = dataclasses.field(
@@ -85,13 +91,24 @@ class HardSearchConfig:
         default=2000, metadata={"help": "bootstrap resamples of the paired validation gains (significant)"})
 
     def __post_init__(self) -> None:
-        HardCorrectionTable.identity(self.edges)  # validates the edges
-        if self.users_per_group < 1 or not 0 < self.validation_fraction < 1:
-            raise ValueError("users_per_group >= 1 and validation_fraction in (0, 1) required")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.min_users < 1 or self.resamples < 1:
-            raise ValueError(f"min_users and resamples must be >= 1, got {self.min_users} and {self.resamples}")
+        if not isinstance(self.edges, (tuple, list)) or (self.edges and checks.grid(self.edges, "edges") is None):
+            raise ValueError(f"edges must be a list of numbers (empty: one interval), got {self.edges!r}")
+        HardCorrectionTable.identity(self.edges)  # strictly increasing inside (0, 1)
+        # The table ships alpha and beta as float32 (the correct signature).
+        alphas = checks.grid(self.alphas, "alphas", float32=True)
+        betas = checks.grid(self.betas, "betas", float32=True)
+        if set(itertools.product(alphas, betas)) <= {(1.0, 0.0)}:
+            # Only the raw-label pair: "LCFT Hard" would be Local under another name.
+            raise ValueError(f"alphas x betas must hold a pair other than (1, 0), got alphas={list(self.alphas)} "
+                             f"betas={list(self.betas)}")
+        checks.integer(self.users_per_group, "users_per_group", 1)
+        checks.number(self.validation_fraction, "validation_fraction", 0.0, 1.0, low_open=True, high_open=True)
+        # A one-sample validation set has one class: no AUC, the user is skipped.
+        checks.integer(self.min_validation, "min_validation", 2)
+        checks.seed(self.seed)
+        checks.choice(self.selection, "selection", SELECTIONS)
+        checks.integer(self.min_users, "min_users", 1)
+        checks.integer(self.resamples, "resamples", 1)
 
 
 def search_hard_table(
