@@ -45,6 +45,13 @@ def positive(name: str, *values: int | float) -> None:
         raise ValueError(f"{name} must be >= 1, got {list(values)}")
 
 
+# Seeds reach numpy's legacy seeding (``keras.utils.set_random_seed``), which
+# takes integers in [0, 2**32 - 1]; a negative one fails only inside a stage.
+MAX_SEED = 2**32 - 1
+# Ids are int32 in every feature and signature; the last one is kept free.
+MAX_ID = 2**31 - 2
+
+
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
     if high is None:
         return f"{'>' if low_open else '>='} {low}"

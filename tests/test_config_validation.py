@@ -236,3 +236,13 @@ def test_the_cli_refuses_in_one_error_line_before_writing(tmp_path, flags, field
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(errors) == 1 and field in errors[0], errors
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_diverging_cloud_training_is_refused_before_any_stage_commits_it(tmp_path):
+    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.data.synthetic import SyntheticConfig, generate
+
+    data = generate(SyntheticConfig(num_users=12, num_items=20, mean_samples_per_user=20, history_length=2, dense_dim=1))
+    with pytest.raises(ValueError, match="diverged"):
+        train_cloud("wide_deep", data, CloudConfig(optimizer="sgd", epochs=1, learning_rate=1e30))

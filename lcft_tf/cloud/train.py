@@ -136,7 +136,8 @@ def train_cloud(
     verbose: int = 0,
 ) -> CTRModel:
     """Build registry model ``name`` and fit it on every user's train samples
-    (under ``strategy``, else the one ``config.strategy`` names)."""
+    (under ``strategy``, else the one ``config.strategy`` names). Raises
+    ``ValueError`` when training diverges (a NaN / inf loss or weight)."""
     config = config or CloudConfig()
     strategy = strategy or make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
@@ -155,7 +156,18 @@ def train_cloud(
         else:
             history = fit()
         log.info("cloud %s: loss per epoch %s", name, [round(v, 4) for v in history.history["loss"]])
+        _check_finite(model, history.history["loss"], config)
     return model
+
+
+def _check_finite(model: CTRModel, losses: list[float], config: CloudConfig) -> None:
+    """Refuse a cloud model whose training diverged (a NaN / inf loss or
+    weight), before any stage commits it: every device would start from it."""
+    bad = [v.path for v in model.weights if not np.all(np.isfinite(np.asarray(v.numpy(), np.float64)))]
+    if bad or not all(np.isfinite(losses)):
+        raise ValueError(f"cloud training of {model.name} diverged (loss per epoch {[float(x) for x in losses]}"
+                         f"{', non-finite weights in ' + bad[0] if bad else ''}) at learning rate {config.rate}; "
+                         "lower --cloud_lr")
 
 
 def _fit_replicated(model: CTRModel, strategy: tf.distribute.Strategy, features, labels, fit):
