@@ -124,7 +124,7 @@ def choice(value, name: str, choices) -> str:
     """``value`` if it is one of ``choices``; raises ``ValueError`` naming
     ``name``, the value and the choices otherwise."""
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+        raise ValueError(f"unknown {name} {value!r}: {name} must be one of {list(choices)}")
     return value
 
 
