@@ -8,8 +8,8 @@ Commands (the first argument; ``run`` when it is left out):
 Each command defines only the flags it reads, generated from its config
 dataclasses (:mod:`lcft_tf.cli_flags`), so a flag given to the wrong command
 is an error. ``python -m lcft_tf <command> --helpfull`` lists them. Bad
-input ends in one ``error: ...`` line and exit status 2; Ctrl-C in exit
-status 130 and a line saying how to resume.
+input ends in one ``error: ...`` line and exit status 2; Ctrl-C (SIGINT) in exit status 130
+and SIGTERM in 143, each with one line saying how to resume.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -26,7 +27,7 @@ from lcft_tf.cli_flags import FlagGroup, define_flag, help_flags
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "benchmark", "bundle")
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 _MAIN_MODULE = "lcft_tf.__main__"  # help group of the flags no config owns
 
 
@@ -320,6 +321,72 @@ def _only_ours_below_warning(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
 
 
+# -- signals ---------------------------------------------------------------------
+class Stopped(KeyboardInterrupt):
+    """Raised where the main thread is by SIGINT or SIGTERM. A
+    ``KeyboardInterrupt``, so that what cleans up after Ctrl-C (the process
+    pool, Ray, the run lock) does so after SIGTERM too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, handled alike while a command runs: each raises
+    :class:`Stopped` (for the first signal received) in the main thread.
+
+    Two ways a library loses a ``KeyboardInterrupt`` are covered. A bare
+    ``except:`` turns it into another error (Keras does, in the loss it
+    builds while TensorFlow traces the training function): :attr:`received`
+    still says the command was stopped, whatever reaches the caller. One
+    raised inside a finalizer is printed by Python as "Exception ignored"
+    and then dropped: :meth:`install`'s ``sys.unraisablehook`` hides it and
+    raises it again (from SIGALRM, ``AGAIN_SECONDS`` later) out of the
+    finalizer.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM in this process (main thread only)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        signal.signal(signal.SIGALRM, self._again)
+        previous = sys.unraisablehook
+
+        def unraisable(info: Any) -> None:
+            if isinstance(info.exc_value, Stopped):  # dropped in a finalizer: raised again once out of it
+                signal.setitimer(signal.ITIMER_REAL, self.AGAIN_SECONDS)
+                return
+            previous(info)
+
+        sys.unraisablehook = unraisable
+
+    AGAIN_SECONDS = 0.05  # after a finalizer dropped the stop: long enough to have left the finalizer
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        raise Stopped(self.received)
+
+    def _again(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise Stopped(self.received)
+
+    def stopped_by(self, err: BaseException) -> int | None:
+        """The signal that ended the command with ``err``, else None. Ray's
+        driver replaces the SIGTERM handler with ``sys.exit(SIGTERM)``; that
+        exit counts as SIGTERM."""
+        if (isinstance(err, SystemExit) and err.code == signal.SIGTERM
+                and signal.getsignal(signal.SIGTERM) != self._handle):
+            self.received = self.received or signal.SIGTERM
+        if self.received is None and isinstance(err, KeyboardInterrupt):
+            return signal.SIGINT
+        return self.received
+
+
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
     """Print ``error: message`` to stderr and exit with ``status``."""
     print(f"error: {message}", file=sys.stderr)
@@ -331,7 +398,8 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     is left, the program name first). Bad input (a stray argument, a
     ``ValueError``, a missing file, unreadable raw data, a run folder in use,
     an ``OSError``) ends in one ``error: ...`` line and exit status 2;
-    Ctrl-C in status 130 with the resume hint."""
+    SIGINT (Ctrl-C) in status 130 and SIGTERM in 143, with the resume hint,
+    whatever error the signal turned into (:class:`StopSignals`)."""
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; the command ({'/'.join(COMMANDS)}) comes first")
     # Our INFO lines, and only warnings from TF / absl internals (which
@@ -343,11 +411,19 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     from lcft_tf.fleet.lifecycle import WorkerLostError
     from lcft_tf.pipeline.stages import RunInUseError
 
+    stop = StopSignals()
+    stop.install()
     try:
-        COMMAND_FUNCTIONS[setup.command](setup)
-    except KeyboardInterrupt:
-        hint = setup.resume_hint
-        _fail(f"interrupted{'; continue with: ' + hint if hint else ''}", EXIT_INTERRUPTED)
+        try:
+            COMMAND_FUNCTIONS[setup.command](setup)
+        except BaseException as err:
+            signum = stop.stopped_by(err)
+            if signum is None:
+                raise
+            hint = setup.resume_hint
+            what, status = ("terminated", EXIT_TERMINATED) if signum == signal.SIGTERM else ("interrupted",
+                                                                                          EXIT_INTERRUPTED)
+            _fail(f"{what}{'; continue with: ' + hint if hint else ''}", status)
     except WorkerLostError as err:  # finished chunks are kept: the run can continue
         hint = setup.resume_hint
         _fail(f"{err}{'; continue with: ' + hint if hint else ''}", EXIT_FAILED)
@@ -371,11 +447,14 @@ def cli_main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``lcft-tf``) and ``python -m lcft_tf``:
     ``argv`` defaults to ``sys.argv``. Always ends in ``sys.exit``."""
     command, argv = split_command(list(sys.argv if argv is None else argv))
+    # Ray's C++ failure-signal handler also takes SIGTERM: it prints a native
+    # stack and arms a 3 s abort that fires while Ray shuts down after the
+    # signal (exit 134). This process handles SIGTERM itself (StopSignals).
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not any(a.split("=")[0] == "--tf_logs" and not a.endswith("=false") for a in argv):
         quiet_tensorflow()  # before the configs' modules import it
     setup = define_flags(command)
     app.run(lambda args: run_parsed_command(args, setup), argv=argv)
-
 
 if __name__ == "__main__":
     cli_main()
