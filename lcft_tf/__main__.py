@@ -8,7 +8,8 @@ Commands (the first argument; ``run`` when it is left out):
 Each command defines only the flags it reads, generated from its config
 dataclasses (:mod:`lcft_tf.cli_flags`), so a flag given to the wrong command
 is an error. ``python -m lcft_tf <command> --helpfull`` lists them. Bad
-input ends in one ``error: ...`` line and exit status 2; Ctrl-C (SIGINT) in exit status 130
+input (a flag's value, an unknown flag, a config's check) ends in one
+``error: ...`` line and exit status 2; Ctrl-C (SIGINT) in exit status 130
 and SIGTERM in 143, each with one line saying how to resume.
 """
 
@@ -454,7 +455,24 @@ def cli_main(argv: list[str] | None = None) -> None:
     if not any(a.split("=")[0] == "--tf_logs" and not a.endswith("=false") for a in argv):
         quiet_tensorflow()  # before the configs' modules import it
     setup = define_flags(command)
-    app.run(lambda args: run_parsed_command(args, setup), argv=argv)
+    app.run(lambda args: run_parsed_command(args, setup), argv=argv, flags_parser=flags_parser(command))
+
+
+def flags_parser(command: str) -> Callable[[list[str]], list[str]]:
+    """absl's flag parsing for ``app.run``, with a flag it cannot parse (a
+    bad, empty or missing value, an unknown flag, a flag of another command)
+    ending in one ``error: ...`` line and exit status 2, as other bad input
+    does (absl's own parser prints ``FATAL Flags parsing error`` and exits 1)."""
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return FLAGS(argv)
+        except flags.Error as err:
+            text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+            _fail(f"{text} (python -m lcft_tf {command} --help lists its flags)")
+            raise  # not reached: _fail exits
+
+    return parse
+
 
 if __name__ == "__main__":
     cli_main()
