@@ -194,8 +194,10 @@ def define_flags(command: str) -> CommandSetup:
                     _MAIN_MODULE)
         groups = _benchmark_groups()
     else:
-        define_flag(flag_values, "out", str, "tflite_models", "folder to (re)write the ready models into.",
-                    _MAIN_MODULE)
+        define_flag(flag_values, "out", str, "tflite_models", "folder to write the ready models into: new or "
+                    "empty, else give --overwrite.", _MAIN_MODULE)
+        define_flag(flag_values, "overwrite", bool, False, "empty a non-empty --out before training (without it, "
+                    "one is refused).", _MAIN_MODULE)
         groups = _bundle_groups()
     for group in groups.values():
         group.define(flag_values)
@@ -282,17 +284,20 @@ def benchmark_command(setup: CommandSetup) -> None:
 
 
 def bundle_command(setup: CommandSetup) -> None:
-    """``bundle``: rebuild ``--out`` (ready ``.tflite`` + ``.json`` per
-    model), verify that every model loads, trains a step and restores, and
-    print one line per file."""
+    """``bundle``: write ``--out`` (ready ``.tflite`` + ``.json`` per model;
+    a non-empty folder only with ``--overwrite``, checked before training),
+    verify that every model loads, trains a step and restores, and print one
+    line per file."""
+    from pathlib import Path
+
     from lcft_tf.bundle import build_bundle, verify_bundle
 
     config = setup.groups["bundle"].build(FLAGS, models=_all_models(FLAGS.models))
-    entries = build_bundle(FLAGS.out, config)
+    entries = build_bundle(FLAGS.out, config, overwrite=FLAGS.overwrite)
     verify_bundle(FLAGS.out)
     for e in entries:
         print(f"{e['tflite']:<20} {e['bytes'] / 1024:8.1f} KiB  sha256 {e['sha256'][:16]}")
-    print(f"wrote {FLAGS.out}/ (+ index.json); every model loads, trains a step and restores")
+    print(f"wrote {Path(FLAGS.out)}/ (+ index.json); every model loads, trains a step and restores")
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[CommandSetup], None]] = {
