@@ -8,8 +8,9 @@ Commands (the first argument; ``run`` when it is left out):
 Each command defines only the flags it reads, generated from its config
 dataclasses (:mod:`lcft_tf.cli_flags`), so a flag given to the wrong command
 is an error. ``python -m lcft_tf <command> --helpfull`` lists them. Bad
-input ends in one ``error: ...`` line and exit status 2; Ctrl-C in exit
-status 130 and a line saying how to resume.
+input (a flag's value, an unknown flag, a config's check) ends in one
+``error: ...`` line and exit status 2; Ctrl-C (SIGINT) in exit status 130
+and SIGTERM in 143, each with one line saying how to resume.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable
 
@@ -26,7 +28,7 @@ from lcft_tf.cli_flags import FlagGroup, define_flag, help_flags
 
 FLAGS = flags.FLAGS
 COMMANDS = ("run", "benchmark", "bundle")
-EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_TERMINATED = 1, 2, 130, 143
 _MAIN_MODULE = "lcft_tf.__main__"  # help group of the flags no config owns
 
 
@@ -192,8 +194,10 @@ def define_flags(command: str) -> CommandSetup:
                     _MAIN_MODULE)
         groups = _benchmark_groups()
     else:
-        define_flag(flag_values, "out", str, "tflite_models", "folder to (re)write the ready models into.",
-                    _MAIN_MODULE)
+        define_flag(flag_values, "out", str, "tflite_models", "folder to write the ready models into: new or "
+                    "empty, else give --overwrite.", _MAIN_MODULE)
+        define_flag(flag_values, "overwrite", bool, False, "empty a non-empty --out before training (without it, "
+                    "one is refused).", _MAIN_MODULE)
         groups = _bundle_groups()
     for group in groups.values():
         group.define(flag_values)
@@ -280,17 +284,20 @@ def benchmark_command(setup: CommandSetup) -> None:
 
 
 def bundle_command(setup: CommandSetup) -> None:
-    """``bundle``: rebuild ``--out`` (ready ``.tflite`` + ``.json`` per
-    model), verify that every model loads, trains a step and restores, and
-    print one line per file."""
+    """``bundle``: write ``--out`` (ready ``.tflite`` + ``.json`` per model;
+    a non-empty folder only with ``--overwrite``, checked before training),
+    verify that every model loads, trains a step and restores, and print one
+    line per file."""
+    from pathlib import Path
+
     from lcft_tf.bundle import build_bundle, verify_bundle
 
     config = setup.groups["bundle"].build(FLAGS, models=_all_models(FLAGS.models))
-    entries = build_bundle(FLAGS.out, config)
+    entries = build_bundle(FLAGS.out, config, overwrite=FLAGS.overwrite)
     verify_bundle(FLAGS.out)
     for e in entries:
         print(f"{e['tflite']:<20} {e['bytes'] / 1024:8.1f} KiB  sha256 {e['sha256'][:16]}")
-    print(f"wrote {FLAGS.out}/ (+ index.json); every model loads, trains a step and restores")
+    print(f"wrote {Path(FLAGS.out)}/ (+ index.json); every model loads, trains a step and restores")
 
 
 COMMAND_FUNCTIONS: dict[str, Callable[[CommandSetup], None]] = {
@@ -320,6 +327,72 @@ def _only_ours_below_warning(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or record.name.startswith("lcft_tf")
 
 
+# -- signals ---------------------------------------------------------------------
+class Stopped(KeyboardInterrupt):
+    """Raised where the main thread is by SIGINT or SIGTERM. A
+    ``KeyboardInterrupt``, so that what cleans up after Ctrl-C (the process
+    pool, Ray, the run lock) does so after SIGTERM too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, handled alike while a command runs: each raises
+    :class:`Stopped` (for the first signal received) in the main thread.
+
+    Two ways a library loses a ``KeyboardInterrupt`` are covered. A bare
+    ``except:`` turns it into another error (Keras does, in the loss it
+    builds while TensorFlow traces the training function): :attr:`received`
+    still says the command was stopped, whatever reaches the caller. One
+    raised inside a finalizer is printed by Python as "Exception ignored"
+    and then dropped: :meth:`install`'s ``sys.unraisablehook`` hides it and
+    raises it again (from SIGALRM, ``AGAIN_SECONDS`` later) out of the
+    finalizer.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM in this process (main thread only)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        signal.signal(signal.SIGALRM, self._again)
+        previous = sys.unraisablehook
+
+        def unraisable(info: Any) -> None:
+            if isinstance(info.exc_value, Stopped):  # dropped in a finalizer: raised again once out of it
+                signal.setitimer(signal.ITIMER_REAL, self.AGAIN_SECONDS)
+                return
+            previous(info)
+
+        sys.unraisablehook = unraisable
+
+    AGAIN_SECONDS = 0.05  # after a finalizer dropped the stop: long enough to have left the finalizer
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        raise Stopped(self.received)
+
+    def _again(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise Stopped(self.received)
+
+    def stopped_by(self, err: BaseException) -> int | None:
+        """The signal that ended the command with ``err``, else None. Ray's
+        driver replaces the SIGTERM handler with ``sys.exit(SIGTERM)``; that
+        exit counts as SIGTERM."""
+        if (isinstance(err, SystemExit) and err.code == signal.SIGTERM
+                and signal.getsignal(signal.SIGTERM) != self._handle):
+            self.received = self.received or signal.SIGTERM
+        if self.received is None and isinstance(err, KeyboardInterrupt):
+            return signal.SIGINT
+        return self.received
+
+
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
     """Print ``error: message`` to stderr and exit with ``status``."""
     print(f"error: {message}", file=sys.stderr)
@@ -331,7 +404,8 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     is left, the program name first). Bad input (a stray argument, a
     ``ValueError``, a missing file, unreadable raw data, a run folder in use,
     an ``OSError``) ends in one ``error: ...`` line and exit status 2;
-    Ctrl-C in status 130 with the resume hint."""
+    SIGINT (Ctrl-C) in status 130 and SIGTERM in 143, with the resume hint,
+    whatever error the signal turned into (:class:`StopSignals`)."""
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}; the command ({'/'.join(COMMANDS)}) comes first")
     # Our INFO lines, and only warnings from TF / absl internals (which
@@ -343,11 +417,19 @@ def run_parsed_command(argv: list[str], setup: CommandSetup) -> None:
     from lcft_tf.fleet.lifecycle import WorkerLostError
     from lcft_tf.pipeline.stages import RunInUseError
 
+    stop = StopSignals()
+    stop.install()
     try:
-        COMMAND_FUNCTIONS[setup.command](setup)
-    except KeyboardInterrupt:
-        hint = setup.resume_hint
-        _fail(f"interrupted{'; continue with: ' + hint if hint else ''}", EXIT_INTERRUPTED)
+        try:
+            COMMAND_FUNCTIONS[setup.command](setup)
+        except BaseException as err:
+            signum = stop.stopped_by(err)
+            if signum is None:
+                raise
+            hint = setup.resume_hint
+            what, status = ("terminated", EXIT_TERMINATED) if signum == signal.SIGTERM else ("interrupted",
+                                                                                          EXIT_INTERRUPTED)
+            _fail(f"{what}{'; continue with: ' + hint if hint else ''}", status)
     except WorkerLostError as err:  # finished chunks are kept: the run can continue
         hint = setup.resume_hint
         _fail(f"{err}{'; continue with: ' + hint if hint else ''}", EXIT_FAILED)
@@ -371,10 +453,30 @@ def cli_main(argv: list[str] | None = None) -> None:
     """Console-script entry point (``lcft-tf``) and ``python -m lcft_tf``:
     ``argv`` defaults to ``sys.argv``. Always ends in ``sys.exit``."""
     command, argv = split_command(list(sys.argv if argv is None else argv))
+    # Ray's C++ failure-signal handler also takes SIGTERM: it prints a native
+    # stack and arms a 3 s abort that fires while Ray shuts down after the
+    # signal (exit 134). This process handles SIGTERM itself (StopSignals).
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     if not any(a.split("=")[0] == "--tf_logs" and not a.endswith("=false") for a in argv):
         quiet_tensorflow()  # before the configs' modules import it
     setup = define_flags(command)
-    app.run(lambda args: run_parsed_command(args, setup), argv=argv)
+    app.run(lambda args: run_parsed_command(args, setup), argv=argv, flags_parser=flags_parser(command))
+
+
+def flags_parser(command: str) -> Callable[[list[str]], list[str]]:
+    """absl's flag parsing for ``app.run``, with a flag it cannot parse (a
+    bad, empty or missing value, an unknown flag, a flag of another command)
+    ending in one ``error: ...`` line and exit status 2, as other bad input
+    does (absl's own parser prints ``FATAL Flags parsing error`` and exits 1)."""
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return FLAGS(argv)
+        except flags.Error as err:
+            text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+            _fail(f"{text} (python -m lcft_tf {command} --help lists its flags)")
+            raise  # not reached: _fail exits
+
+    return parse
 
 
 if __name__ == "__main__":

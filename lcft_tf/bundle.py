@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,17 +51,57 @@ class BundleConfig:
         positive("hard_users_per_group", self.hard_users_per_group)
 
 
-def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None) -> list[dict[str, Any]]:
+def prepare_out(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The bundle's output folder, checked before anything is trained, as a
+    run checks its run folder: created if missing; one that holds anything
+    is refused unless ``overwrite``, which empties it (an index then lists
+    every model in the folder, and no file of the user's is replaced
+    silently).
+
+    Raises ``ValueError`` for an empty path, a path that is not a folder, a
+    non-empty folder without ``overwrite``, or (even with it) a folder that
+    holds the current folder or is the home folder; ``OSError`` if it cannot
+    be created or emptied.
+    """
+    if not str(out_dir).strip():
+        raise ValueError("--out is empty: name the folder to write the bundle into")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is not a folder")
+    present = sorted(out.iterdir()) if out.is_dir() else []
+    if present and not overwrite:
+        raise ValueError(f"--out {out} is not empty (it holds {present[0].name}"
+                         f"{f' and {len(present) - 1} more' if len(present) > 1 else ''}); "
+                         "pass --overwrite to replace what it holds, or another --out")
+    if present:
+        target, here = out.resolve(), Path.cwd().resolve()
+        if target == here or target in here.parents or target == Path.home().resolve():
+            raise ValueError(f"--overwrite would empty {out}, which holds the current folder or is the home "
+                             "folder; give the bundle a folder of its own")
+        log.warning("overwriting %s", out)
+        for p in present:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None,
+                 overwrite: bool = False) -> list[dict[str, Any]]:
     """Train each model on the synthetic default, search its hard-correction
     table, and write ``<model>.tflite`` + ``<model>.json`` and an
-    ``index.json`` listing them into ``out_dir`` (created if missing).
+    ``index.json`` listing them into ``out_dir`` (:func:`prepare_out`: created
+    if missing, refused if not empty unless ``overwrite``, which empties it
+    first).
 
     Returns the index entries: ``model``, ``tflite`` and ``metadata`` (file
     names), ``bytes`` (the ``.tflite`` size) and ``sha256`` (hex). Turns on
-    TensorFlow op determinism for the process. Raises what training or the
+    TensorFlow op determinism for the process. Raises ``ValueError`` from
+    :func:`prepare_out` before anything is trained, what training or the
     export raise (``FlexOpsError`` for a model needing Flex ops), ``OSError``
     if ``out_dir`` cannot be written.
     """
+    config = config or BundleConfig()
+    out = prepare_out(out_dir, overwrite)
     import tensorflow as tf
 
     from lcft_tf.cloud.export import ExportConfig, export_tflite
@@ -68,9 +109,6 @@ def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None)
     from lcft_tf.cloud.train import CloudConfig, train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
 
-    config = config or BundleConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tf.config.experimental.enable_op_determinism()
     data = generate(SyntheticConfig(num_users=config.num_users, seed=config.seed))
     entries = []

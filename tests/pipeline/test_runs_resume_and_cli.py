@@ -292,11 +292,12 @@ def test_ctrl_c_exits_130_with_a_resume_hint(tmp_path):
          f"--output_dir={tmp_path}", "--name=big", "--workers=1"],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "big" / "run.json").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
+    deadline = time.time() + 600  # a bound for a stuck machine; the wait is for a state, not a time
+    cloud = tmp_path / "big" / "lr_seed0" / "cloud"
+    while time.time() < deadline and proc.poll() is None and not cloud.is_dir():
+        time.sleep(0.05)
+    assert proc.poll() is None and cloud.is_dir(), "the run never reached cloud training"
+    proc.send_signal(signal.SIGINT)  # while TensorFlow builds and traces the training function
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines()[-1].startswith("error: interrupted; continue with: python -m lcft_tf run --resume")
