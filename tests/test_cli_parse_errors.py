@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each case starts the CLI (and TensorFlow) in a new process
+
 ROOT = Path(__file__).resolve().parents[1]
 # command -> (an int flag of it, a flag only another command has)
 COMMANDS = {"run": ("num_users", "suite"), "benchmark": ("repeats", "seeds"), "bundle": ("num_users", "device_lr")}

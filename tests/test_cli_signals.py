@@ -147,6 +147,8 @@ def swallowed(*args, **kwargs):
 train.train_cloud = {"converted": converted, "swallowed": swallowed}[mode]
 from lcft_tf.__main__ import cli_main
 
+pytestmark = pytest.mark.slow  # each case starts the CLI (and TensorFlow) in a new process
+
 cli_main(["lcft_tf", "run", *sys.argv[3:]])
 """.replace("STUCK", str(STUCK))
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Protocol
 
@@ -39,6 +40,9 @@ class Executor(Protocol):
 
 
 def _start_child(parent: int, initializer: Callable[..., None], initargs: tuple) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: the parent handles
+    # it (one line, the pool shut down); a worker ends with its parent instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     exit_with_parent(parent)
     initializer(*initargs)
 
