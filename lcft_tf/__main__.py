@@ -57,7 +57,7 @@ class CommandSetup:
 # -- the flags of each command, from the configs --------------------------------
 def _experiment_groups() -> dict[str, FlagGroup]:
     """The ``run`` command's flag groups, one per config, keyed by the
-    :class:`~lcft_tf.pipeline.experiment.ExperimentConfig` field they build."""
+    :class:`~lcft_tf.pipeline.config.ExperimentConfig` field they build."""
     from lcft_tf.cloud.coda_prepare import ClassifierConfig
     from lcft_tf.cloud.export import ExportConfig
     from lcft_tf.cloud.retrieval import RetrievalConfig
@@ -65,7 +65,7 @@ def _experiment_groups() -> dict[str, FlagGroup]:
     from lcft_tf.data.synthetic import SyntheticConfig
     from lcft_tf.device.coda_fine_tune import CodaConfig
     from lcft_tf.fleet.config import FleetConfig
-    from lcft_tf.pipeline.experiment import ExperimentConfig
+    from lcft_tf.pipeline.config import ExperimentConfig
     from lcft_tf.pipeline.hard_search import HardSearchConfig
 
     return {
@@ -219,7 +219,7 @@ def _all_models(names) -> tuple[str, ...]:
 
 # -- commands --------------------------------------------------------------------
 def experiment_command(setup: CommandSetup) -> None:
-    """``run``: build the :class:`~lcft_tf.pipeline.experiment.ExperimentConfig`
+    """``run``: build the :class:`~lcft_tf.pipeline.config.ExperimentConfig`
     from the flags, run it and print its table. Raises ``ValueError`` (a
     config's validation, :class:`UsageError`) for bad flags."""
     from lcft_tf.pipeline.experiment import run_experiment

@@ -18,7 +18,8 @@ from lcft_tf.cloud.export import ExportConfig  # noqa: E402
 from lcft_tf.cloud.train import CloudConfig  # noqa: E402
 from lcft_tf.data.synthetic import SyntheticConfig  # noqa: E402
 from lcft_tf.fleet.config import FleetConfig  # noqa: E402
-from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment  # noqa: E402
+from lcft_tf.pipeline.config import ExperimentConfig  # noqa: E402
+from lcft_tf.pipeline.experiment import run_experiment  # noqa: E402
 from lcft_tf.pipeline.hard_search import HardSearchConfig  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")

@@ -23,7 +23,7 @@ from lcft_tf.data.movielens import MovieLensOptions
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.device.coda_fine_tune import CodaConfig
 from lcft_tf.fleet.config import FleetConfig
-from lcft_tf.pipeline.experiment import ExperimentConfig
+from lcft_tf.pipeline.config import ExperimentConfig
 from lcft_tf.pipeline.hard_search import HardSearchConfig
 
 NAN, INF = float("nan"), float("inf")

@@ -23,7 +23,7 @@ class FleetConfig:
     or a count that is not an integer in its range (each field's help).
     Learning rate 0 and 0 epochs are allowed here (tests use them to pin a
     device model to the cloud's); an experiment with a fine-tuning method
-    refuses them (:class:`lcft_tf.pipeline.experiment.ExperimentConfig`).
+    refuses them (:class:`lcft_tf.pipeline.config.ExperimentConfig`).
     """
 
     methods: tuple[str, ...] = dataclasses.field(

@@ -118,7 +118,9 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
     import sys
 
     from lcft_tf.cloud.train import CloudConfig
-    from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
+    from lcft_tf.pipeline.config import ExperimentConfig
+
+    from lcft_tf.pipeline.experiment import run_experiment
 
     config = ExperimentConfig(
         synthetic=SyntheticConfig(num_users=12, num_items=30, mean_samples_per_user=30.0, history_length=3, dense_dim=2),

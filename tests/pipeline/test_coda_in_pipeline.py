@@ -19,10 +19,12 @@ from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import SerialExecutor
 from lcft_tf.fleet.simulate import simulate
-from lcft_tf.methods import METHODS, of_kind
+from lcft_tf.methods import BASELINES, METHODS, of_kind
 
 CODA_METHODS = of_kind(METHODS, "coda")
-from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
+from lcft_tf.pipeline.config import ExperimentConfig
+
+from lcft_tf.pipeline.experiment import run_experiment
 
 CODA = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=30, history_length=3, dense_dim=2,
@@ -52,7 +54,7 @@ def coda_run(tmp_path_factory):
 def test_coda_methods_run_in_the_pipeline(coda_run):
     config, results = coda_run
     methods = results["summary"]["models"]["wide_deep"]["methods"]
-    assert set(methods) == set(config.methods)
+    assert set(methods) == set(config.methods) | set(BASELINES)  # the baselines are scored in every run
     kept = results["runs"]["wide_deep"]["0"]["fleet"]["coda_mean_kept"]
     assert kept["retrieval_only"] == pytest.approx(12.0)  # no classifier: all K kept (every pool is large enough)
     assert 0 < kept["coda"] < 12 and kept["coda_lcft"] == kept["coda"]  # the same classifier keeps the same samples

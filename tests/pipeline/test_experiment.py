@@ -19,7 +19,9 @@ from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.device.model import OnDeviceModel
-from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
+from lcft_tf.pipeline.config import ExperimentConfig
+
+from lcft_tf.pipeline.experiment import run_experiment
 
 TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), soft_candidates=False)  # the plain grid: a fixed size
 
@@ -162,7 +164,7 @@ def test_main_job_cli_writes_all_outputs(tmp_path):
         assert (out / name).stat().st_size > 0, name
     results = json.loads((out / "results.json").read_text())
     lr = results["summary"]["models"]["lr"]
-    assert set(lr["methods"]) == {"cloud", "local", "soft1", "soft2", "hard"}
+    assert set(lr["methods"]) == {"cloud", "local", "soft1", "soft2", "hard", "popularity", "item_count"}  # + baselines
     assert len(lr["methods"]["cloud"]["per_seed"]) == 2
     assert lr["methods"]["cloud"]["mean"] == pytest.approx(np.mean(lr["methods"]["cloud"]["per_seed"]))
     assert results["config"]["seeds"] == [0, 1]

@@ -17,7 +17,10 @@ from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
-from lcft_tf.pipeline.experiment import ExperimentConfig, run_experiment
+from lcft_tf.pipeline.config import ExperimentConfig
+
+
+from lcft_tf.pipeline.experiment import run_experiment
 
 
 @pytest.mark.slow

@@ -16,7 +16,9 @@ from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
-from lcft_tf.pipeline.experiment import ExperimentConfig, RunExistsError, run_experiment
+from lcft_tf.pipeline.config import ExperimentConfig
+
+from lcft_tf.pipeline.experiment import RunExistsError, run_experiment
 
 TINY = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=12, num_items=20, mean_samples_per_user=20, history_length=3, dense_dim=2),

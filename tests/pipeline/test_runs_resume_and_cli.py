@@ -23,7 +23,8 @@ from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
-from lcft_tf.pipeline.experiment import ExperimentConfig, RunExistsError, run_experiment
+from lcft_tf.pipeline.config import ExperimentConfig
+from lcft_tf.pipeline.experiment import RunExistsError, run_experiment
 from lcft_tf.keys import ConfigChangedError
 from lcft_tf.pipeline.stages import RunInUseError, RunLock
 
