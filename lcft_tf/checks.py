@@ -67,7 +67,8 @@ def integer(value, name: str, low: int | None = None, high: int | None = None) -
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {_range_text(low, high, False, False)}, got {value!r}")
+        bounds = " and ".join(b for b in (f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "") if b)
+        raise ValueError(f"{name} must be {bounds} (an integer), got {value!r}")
     return int(value)
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # each case starts the CLI (and TensorFlow) in a new process
+
 ROOT = Path(__file__).resolve().parents[1]
 STUCK = 600  # seconds: a bound for a stuck machine, not a wait
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -146,8 +148,6 @@ def swallowed(*args, **kwargs):
 
 train.train_cloud = {"converted": converted, "swallowed": swallowed}[mode]
 from lcft_tf.__main__ import cli_main
-
-pytestmark = pytest.mark.slow  # each case starts the CLI (and TensorFlow) in a new process
 
 cli_main(["lcft_tf", "run", *sys.argv[3:]])
 """.replace("STUCK", str(STUCK))

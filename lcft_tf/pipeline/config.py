@@ -115,9 +115,13 @@ class ExperimentConfig:
             raise ValueError(f"models must be a list of model names, got {self.models!r}")
         check_names(self.models)
         if isinstance(self.seeds, str) or not isinstance(self.seeds, (tuple, list)) or not self.seeds:
-            raise ValueError(f"seeds must be a non-empty list of distinct integers >= 0, got {self.seeds!r}")
+            raise ValueError(f"seeds must be distinct integers >= 0 (a non-empty list), got {self.seeds!r}")
         for s in self.seeds:  # each becomes the seed of the cloud, hard-search and retrieval configs
-            checks.seed(s, "seeds")
+            try:
+                checks.seed(s, "seeds")
+            except ValueError:
+                raise ValueError(f"seeds must be distinct integers >= 0 (each <= {checks.MAX_SEED}), got "
+                                 f"{list(self.seeds)}") from None
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct integers >= 0, got {list(self.seeds)}")
         methods.check_methods(self.methods)

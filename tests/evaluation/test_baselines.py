@@ -76,7 +76,6 @@ def test_every_run_reports_the_baselines_beside_cloud(tmp_path):
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.fleet.config import FleetConfig
     from lcft_tf.pipeline.config import ExperimentConfig
-
     from lcft_tf.pipeline.experiment import run_experiment
 
     config = ExperimentConfig(synthetic=DATA, models=("lr",), methods=("cloud", "local"), seeds=(0,),

@@ -21,7 +21,6 @@ from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import ProcessExecutor, SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.pipeline.config import ExperimentConfig
-
 from lcft_tf.pipeline.experiment import run_experiment
 
 pytestmark = pytest.mark.slow  # a tiny run or two exports per module (~10-20 s on 2 cores)

@@ -119,7 +119,6 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
 
     from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.pipeline.config import ExperimentConfig
-
     from lcft_tf.pipeline.experiment import run_experiment
 
     config = ExperimentConfig(
@@ -156,13 +155,13 @@ def test_executor_settings_are_checked():
 
 
 def test_a_task_error_reaches_the_caller_as_its_own_one_line_reason(local_ray, setup, tmp_path):
-    _, path, root, _ = setup
+    _, path, dataset, _ = setup
     bad = tmp_path / path.name
     bad.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)  # no longer the file its metadata describes
     bad.with_suffix(".json").write_bytes(path.with_suffix(".json").read_bytes())
     executor = RayExecutor(2)
     with pytest.raises(ValueError) as err:
-        simulate(bad, root / "dataset", tmp_path / "fleet", FLEET, executor=executor)
+        simulate(bad, dataset, tmp_path / "fleet", FLEET, executor=executor)
     message = str(err.value)
     assert "does not match the sha256" in message
     assert "ray::" not in message and "\x1b[" not in message and len(message.splitlines()) == 1

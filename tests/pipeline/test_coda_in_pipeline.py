@@ -23,7 +23,6 @@ from lcft_tf.methods import BASELINES, METHODS, of_kind
 
 CODA_METHODS = of_kind(METHODS, "coda")
 from lcft_tf.pipeline.config import ExperimentConfig
-
 from lcft_tf.pipeline.experiment import run_experiment
 
 CODA = ExperimentConfig(

@@ -20,7 +20,6 @@ from lcft_tf.fleet.executors import SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.pipeline.config import ExperimentConfig
-
 from lcft_tf.pipeline.experiment import run_experiment
 
 TINY_HARD = HardSearchConfig(users_per_group=3, alphas=(0.5, 1.0, 2.0), betas=(0.0, 0.2), soft_candidates=False)  # the plain grid: a fixed size
@@ -198,4 +197,4 @@ def test_experiment_on_movielens_raw_files(tmp_path):
     run = results["summary"]["models"]["lr"]
     assert run["users"] == 20
     assert run["users_used"] + run["users_left_out"] == 20
-    assert set(run["methods"]) == {"cloud", "local", "soft1"}
+    assert set(run["methods"]) == {"cloud", "local", "soft1", "popularity", "item_count"}  # + the baselines

@@ -19,7 +19,6 @@ from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
 
-
 from lcft_tf.pipeline.experiment import run_experiment
 
 

@@ -17,7 +17,6 @@ from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
-
 from lcft_tf.pipeline.experiment import RunExistsError, run_experiment
 
 TINY = ExperimentConfig(
