@@ -51,12 +51,17 @@ class BundleConfig:
         positive("hard_users_per_group", self.hard_users_per_group)
 
 
+# Kept by --overwrite: the bundle's guide (tflite_models/README.md), written by hand, never by the bundle.
+KEPT = ("README.md",)
+
+
 def prepare_out(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """The bundle's output folder, checked before anything is trained, as a
     run checks its run folder: created if missing; one that holds anything
-    is refused unless ``overwrite``, which empties it (an index then lists
-    every model in the folder, and no file of the user's is replaced
-    silently).
+    is refused unless ``overwrite``, which empties it but for the bundle's
+    guide (:data:`KEPT`: ``README.md``, which the bundle never writes), so an
+    index then lists every model in the folder and no file of the user's is
+    replaced silently.
 
     Raises ``ValueError`` for an empty path, a path that is not a folder, a
     non-empty folder without ``overwrite``, or (even with it) a folder that
@@ -80,6 +85,8 @@ def prepare_out(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
                              "folder; give the bundle a folder of its own")
         log.warning("overwriting %s", out)
         for p in present:
+            if p.name in KEPT:
+                continue
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
