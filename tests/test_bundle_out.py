@@ -92,3 +92,15 @@ def test_prepare_out_creates_a_new_folder_and_accepts_an_empty_one(tmp_path):
     assert prepare_out(tmp_path / "a" / "b") == tmp_path / "a" / "b"  # empty: fine without overwrite
     with pytest.raises(ValueError, match="is not empty"):
         prepare_out(tmp_path / "a")
+
+
+def test_overwrite_keeps_the_bundles_hand_written_guide(tmp_path):
+    from lcft_tf.bundle import prepare_out
+
+    out = tmp_path / "bundle"
+    out.mkdir()
+    for name, text in (("README.md", "the Android guide"), ("old.tflite", "x"), ("index.json", "{}")):
+        (out / name).write_text(text)
+    prepare_out(out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md"]
+    assert (out / "README.md").read_text() == "the Android guide"
