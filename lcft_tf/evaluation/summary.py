@@ -34,7 +34,7 @@ def summarize(
 ) -> dict[str, Any]:
     """Every number of the report, JSON-ready (plain Python types, NaN -> None).
 
-    ``runs``: model -> seed -> :class:`lcft_tf.device.fleet.FleetResults`;
+    ``runs``: model -> seed -> :class:`lcft_tf.artifacts.fleet_chunks.FleetResults`;
     every seed of a model must hold the same users, test samples and labels,
     and predictions (float ``[test samples]``) for every name in
     ``methods`` (registry names; unknown names are kept and shown as is).
