@@ -136,7 +136,7 @@ def _key(model_path: Path, dataset: CTRDataset, users: tuple[int, int], config: 
         retrieval = Path(coda_dir) / RETRIEVAL
         check_retrieval(Retrieval.load(retrieval), dataset.offsets, dataset.split, str(retrieval))
     submodel = None
-    if worker.use_submodel(model_path, config.submodel):  # "on" without a submodel file fails here, in one line
+    if worker.use_submodel(model_path, config.submodel, metadata):  # "on" without a submodel fails here, in one line
         # "auto" depends on the files: a resume must not mix chunks of the two models
         key["submodel_sha256"] = read_metadata(submodel_file(model_path, metadata))["tflite_sha256"]
         submodel = metadata["submodel"]
@@ -193,14 +193,13 @@ def _run_tasks(out_dir: Path, manifest: dict, setup: worker.WorkerSetup, tasks: 
 
     owned = executor is None
     executor = executor or make_executor(setup.config.executor, setup.config.workers, setup.config.ray_address)
-    setup = _in_process(setup, executor)
     totals: dict[str, Any] = {}
     # Results reach this process whatever the executor, so the bar (users/s
     # and ETA; off when stderr is not a terminal) is updated here.
     try:
         with tqdm(total=total, initial=total - sum(b - a for a, b in tasks), desc=name, unit="user",
                   disable=None) as bar:
-            for entry in executor.map_unordered(worker.start_worker, (setup,), chunk_task, tasks):
+            for entry in _on_workers(setup, executor, chunk_task, tasks):
                 add_stats(totals, entry["stats"])
                 manifest["chunks"][chunk_name(entry["users"][0])] = entry
                 atomic_write(out_dir / MANIFEST, to_json(manifest))  # a chunk counts once the manifest lists it
@@ -208,14 +207,18 @@ def _run_tasks(out_dir: Path, manifest: dict, setup: worker.WorkerSetup, tasks: 
     finally:
         if owned:
             executor.close()
-        if is_in_process(executor):
-            worker.stop_worker()
     return totals
 
 
-def _in_process(setup: worker.WorkerSetup, executor: Executor) -> worker.WorkerSetup:
-    """``setup`` for ``executor``: a worker in this process must not watch its parent."""
-    return dataclasses.replace(setup, in_child=not is_in_process(executor))
+def _on_workers(setup: worker.WorkerSetup, executor: Executor, fn: Callable[[Any], Any], tasks: list) -> Iterator[Any]:
+    """``fn`` over ``tasks`` on ``executor``'s workers, each started from
+    ``setup``; a worker in this process is dropped when the tasks end."""
+    setup = dataclasses.replace(setup, in_child=not is_in_process(executor))
+    try:
+        yield from executor.map_unordered(worker.start_worker, (setup,), fn, tasks)
+    finally:
+        if not setup.in_child:
+            worker.stop_worker()
 
 
 def map_device_tasks(
@@ -232,14 +235,7 @@ def map_device_tasks(
     pickled by reference). An in-memory dataset is only for the serial
     executor (never ship arrays); raises ``ValueError`` otherwise."""
     executor = executor or SerialExecutor()
-    in_child = not is_in_process(executor)
-    if in_child and isinstance(dataset, CTRDataset):
+    if isinstance(dataset, CTRDataset) and not is_in_process(executor):
         raise ValueError("parallel device tasks need the saved dataset's folder, not an in-memory dataset")
-    setup = worker.WorkerSetup(str(model_path), dataset if isinstance(dataset, CTRDataset) else str(dataset), config,
-                               in_child=in_child)
-    try:
-        yield from executor.map_unordered(worker.start_worker, (setup,), functools.partial(worker.call_with_worker, fn),
-                                          tasks)
-    finally:
-        if not in_child:
-            worker.stop_worker()
+    setup = worker.WorkerSetup(str(model_path), dataset if isinstance(dataset, CTRDataset) else str(dataset), config)
+    yield from _on_workers(setup, executor, functools.partial(worker.call_with_worker, fn), tasks)

@@ -39,13 +39,15 @@ from lcft_tf.fleet.config import FleetConfig
 
 log = logging.getLogger(__name__)
 
-def use_submodel(model_path: str | os.PathLike, mode: str) -> bool:
+
+def use_submodel(model_path: str | os.PathLike, mode: str, metadata: dict[str, Any] | None = None) -> bool:
     """Whether the fleet runs users on the submodel exported beside
-    ``model_path`` (written only when a table exceeds its capacity).
-    Raises ``ValueError`` for mode ``on`` without a submodel."""
+    ``model_path`` (written only when a table exceeds its capacity);
+    ``metadata``: the file's, when already read. Raises ``ValueError`` for
+    mode ``on`` without a submodel."""
     if mode == "off":
         return False
-    if read_metadata(model_path).get("submodel"):
+    if (read_metadata(model_path) if metadata is None else metadata).get("submodel"):
         return True
     if mode == "on":
         raise ValueError(f"--device_submodel=on but {model_path} has no submodel (export with a "
@@ -77,7 +79,7 @@ class DeviceWorker:
         self.state = self.device.save()
         self.device.restore(self.state)  # probed once here; every user then restores it without the probe
         self.submodel = (SubmodelDevice(setup.model_path, self.state, num_threads=config.interpreter_threads)
-                         if use_submodel(setup.model_path, config.submodel) else None)
+                         if use_submodel(setup.model_path, config.submodel, self.device.metadata) else None)
         self.dataset = setup.dataset if isinstance(setup.dataset, CTRDataset) else CTRDataset.load(setup.dataset)
         self.chunk_dir = Path(setup.chunk_dir) if setup.chunk_dir is not None else None
         self.coda = self.classifier = self.classifier_state = None

@@ -252,9 +252,9 @@ def run_stage(ctx: RunContext, kind: StageKind, model: str | None, seed: int | N
             rebuilt.add(stage.name)
             _fresh(stage.directory)
         outputs, info = kind.build(ctx, stage, model, seed, fresh)
-        extra = {k: info.pop(k) for k in ("results",) if k in info}
+        results = info.pop("results", None)  # the fleet's, kept in memory, not in stage.json
         stage.commit(outputs, info)
-        return {**stage.info(), **extra}
+        return stage.info() if results is None else {**stage.info(), "results": results}
     return stage.info()
 
 
