@@ -144,8 +144,10 @@ def search_hard_table(
         "users_in_group": int(members_per_group[g]), "users_searched": len(users)}
         for g, users in enumerate(searched)]
     table = HardCorrectionTable(config.edges, tuple(g["alpha"] for g in report), tuple(g["beta"] for g in report))
-    fine_tunes = len(tasks) and sum(len(users) * len(grid) for users, grid in zip(searched, grids))
-    cost = {"fine_tunes": fine_tunes, "grid_size": len(grids[0]), "seconds": round(time.perf_counter() - started, 2)}
+    fine_tunes = sum(len(users) * len(grid) for users, grid in zip(searched, grids))
+    # grid_size: the identity and the grid; an interval may add the two soft pairs (its candidates say so).
+    cost = {"fine_tunes": fine_tunes, "grid_size": len(_candidates(data, [], config)),
+            "seconds": round(time.perf_counter() - started, 2)}
     log.info("hard table %s (%d fine-tunes, %.1f s)", table.to_json(), fine_tunes, cost["seconds"])
     return table, {"groups": report, "cost": cost, "config": dataclasses.asdict(config)}
 
