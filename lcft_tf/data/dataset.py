@@ -277,6 +277,33 @@ def per_user_split(offsets: np.ndarray, test_fraction: float, timestamps: np.nda
     return np.where(inside & (group_start < split), moved, split)
 
 
+def validation_split(dataset: "CTRDataset", fraction: float) -> np.ndarray:
+    """Where each user's validation block starts: absolute int64
+    ``[num_users]``; a user's samples ``[offsets[u], v[u])`` fit a model and
+    ``[v[u], split[u])`` validate it. The test split is never touched.
+
+    The block is carved out of the train period the way the dataset's test
+    split was made (``info["split"]``): ``global`` holds out the train
+    samples after the ``1 - fraction`` quantile of train timestamps; any other
+    mode each user's last ``fraction`` of train samples by
+    :func:`per_user_split`, same-second rule included (docs/data.md). The one
+    rule for validation data (cloud training, the popularity baseline).
+    Raises ``ValueError`` for ``fraction`` outside (0, 1)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
+    starts = dataset.offsets[:-1]
+    train = dataset.train_mask
+    if dataset.info.get("split") == "global" and train.any():
+        cut = np.quantile(dataset.timestamps[train], 1.0 - fraction, method="lower")
+        fit = np.bincount(user_index(dataset.offsets)[train & (dataset.timestamps <= cut)],
+                          minlength=dataset.num_users)
+        return (starts + fit).astype(np.int64)
+    n_train = dataset.split - starts
+    train_offsets = np.r_[0, np.cumsum(n_train)]
+    cut = per_user_split(train_offsets, fraction, np.asarray(dataset.timestamps)[train])
+    return (starts + cut - train_offsets[:-1]).astype(np.int64)
+
+
 def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every sample, the start and end (exclusive; int64 ``[n]`` each) of
     its run of samples with the same user and timestamp."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, user_index
+from lcft_tf.data.dataset import CTRDataset, user_index, validation_split
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
 ITEM_FEATURE = "item_id"
@@ -54,17 +54,16 @@ def choose_smoothing(dataset: CTRDataset, grid=SMOOTHING_GRID,
     """The pseudo-count of :func:`popularity` with the best user-weighted
     validation AUC (first of the grid on ties), and every grid value's AUC.
 
-    Validation: the last ``validation_fraction`` of each user's train
-    samples (at least one when the user has two or more); popularity is
-    counted on the rest of the train period. The test split is not read."""
+    Validation: :func:`lcft_tf.data.dataset.validation_split` (each user's
+    last ``validation_fraction`` of train samples, or the train period's last
+    share for a global split); popularity is counted on the rest of the train
+    period. The test split is not read."""
     items, num_items = _items(dataset)
     users = user_index(dataset.offsets)
-    first, split = dataset.offsets[:-1], np.asarray(dataset.split)
-    n_train = split - first
-    n_val = np.where(n_train >= 2, np.maximum(np.round(n_train * validation_fraction), 1), 0).astype(np.int64)
-    position = np.arange(len(items)) - first[users]
-    validation = (position >= (n_train - n_val)[users]) & (position < n_train[users])
-    fit = (position < (n_train - n_val)[users])
+    start = validation_split(dataset, validation_fraction)[users]
+    position = np.arange(len(items))
+    validation = (position >= start) & dataset.train_mask
+    fit = position < start
     clicks, shown = item_table(items, dataset.labels, fit, num_items)
     w_g = float(dataset.labels[fit].mean()) if fit.any() else 0.5
     scores = {}
