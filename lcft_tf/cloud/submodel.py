@@ -88,6 +88,8 @@ def _table_states(module) -> dict[str, str]:
             for table, emb in (getattr(layer, attr, None) or {}).items():
                 if isinstance(emb, Embedding):
                     by_var[id(emb.embeddings.value)] = table
+        for feature, emb in (getattr(layer, "weights_by_feature", None) or {}).items():  # untied LinearTerms
+            by_var[id(emb.embeddings.value)] = layer.spec[feature].table
     if len(by_var) != len(found):
         raise ValueError(f"{module.model.name}: an Embedding layer is not listed in a table dict")
     names = dict(zip((id(v) for v in module._model_vars), module.state_names))

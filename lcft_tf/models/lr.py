@@ -8,14 +8,22 @@ from lcft_tf.models.layers import LinearTerms
 
 @keras.saving.register_keras_serializable(package="lcft_tf")
 class LR(CTRModel):
-    """Logistic regression: a weight per id and per dense input, no embeddings (``needs_embeddings`` False)."""
+    """Logistic regression: a weight per id and per dense input plus a global
+    bias, no embeddings (``needs_embeddings`` False). A history feature has
+    its own weights unless ``tie_history`` (then it reads the candidate id's
+    column; docs/cloud_base.md measures both)."""
 
     model_name = "lr"
     needs_embeddings = False
 
-    def __init__(self, spec, **kwargs):
+    def __init__(self, spec, tie_history: bool = False, **kwargs):
         super().__init__(spec, **kwargs)
-        self.linear = LinearTerms(spec, seed=self.seed, name="linear")
+        self.tie_history = bool(tie_history)
+        self.linear = LinearTerms(spec, seed=self.seed, tie_sequences=self.tie_history, use_bias=True, name="linear")
+
+    def get_config(self):
+        """Keras saving: the base arguments and ``tie_history``."""
+        return {**super().get_config(), "tie_history": self.tie_history}
 
     def logits(self, features):
         """Click logits, float32 ``[B]``, for a dict of feature tensors
