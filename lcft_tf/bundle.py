@@ -120,7 +120,7 @@ def build_bundle(out_dir: str | os.PathLike, config: BundleConfig | None = None,
     data = generate(SyntheticConfig(num_users=config.num_users, seed=config.seed))
     entries = []
     for name in config.models:
-        model = train_cloud(name, data, CloudConfig(epochs=config.cloud_epochs, seed=config.seed))
+        model = train_cloud(name, data, CloudConfig(epochs=config.cloud_epochs, validation_fraction=0.0, seed=config.seed))
         export = ExportConfig(batch_size=config.batch_size, learning_rate=config.learning_rate, global_ctr=data.global_ctr)
         path = out / f"{name}.tflite"
         export_tflite(model, path, export)

@@ -27,11 +27,12 @@ import pytest
 
 from lcft_tf import models
 from lcft_tf.cloud.export import ExportConfig, export_tflite
-from lcft_tf.cloud.train import CloudConfig, train_cloud
+from lcft_tf.cloud.train import train_cloud
 from lcft_tf.correction import HardCorrectionTable
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.features import DenseFeature, FeatureSpec, SequenceFeature, SparseFeature
+from cloud_settings import fixed_epochs_cloud
 
 logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -96,7 +97,7 @@ def exported(spec, tmp_path_factory):
 # Tests that need *some* trained tiny model use these; tests whose numbers were
 # measured in a setting of their own keep their own config.
 TINY_DATA = SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=40, history_length=4, dense_dim=3, seed=1)
-TINY_CLOUD = CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
+TINY_CLOUD = fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
 TINY_EXPORT_BATCH = 16
 
 

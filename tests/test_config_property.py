@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lcft_tf.cloud.export import ExportConfig  # noqa: E402
-from lcft_tf.cloud.train import CloudConfig  # noqa: E402
 from lcft_tf.data.synthetic import SyntheticConfig  # noqa: E402
 from lcft_tf.fleet.config import FleetConfig  # noqa: E402
 from lcft_tf.pipeline.config import ExperimentConfig  # noqa: E402
 from lcft_tf.pipeline.experiment import run_experiment  # noqa: E402
 from lcft_tf.pipeline.hard_search import HardSearchConfig  # noqa: E402
+from cloud_settings import fixed_epochs_cloud
 
 NAN, INF = float("nan"), float("inf")
 BAD_FLOATS = [NAN, INF, -INF, -1.0, 0.0, 1e300, 1e39]
@@ -94,7 +94,7 @@ def build(drawn, output_dir) -> ExperimentConfig:
     fleet) with the drawn fields; raises ``ValueError`` where a config refuses."""
     synthetic = SyntheticConfig(**{"num_users": 12, "num_items": 20, "mean_samples_per_user": 20.0,
                                    "history_length": 3, "dense_dim": 2, **drawn["synthetic"]})
-    cloud = CloudConfig(**{"optimizer": "sgd", "epochs": 1, "learning_rate": 0.5, **drawn["cloud"]})
+    cloud = fixed_epochs_cloud(**{"optimizer": "sgd", "epochs": 1, "learning_rate": 0.5, **drawn["cloud"]})
     fleet = FleetConfig(**{"learning_rate": 0.1, "users_per_chunk": 6, "workers": 1, "executor": "serial",
                            **drawn["fleet"]})
     export = ExportConfig(**{"batch_size": 8, **drawn["export"]})

@@ -25,6 +25,7 @@ from lcft_tf.device.coda_fine_tune import CodaConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
 from lcft_tf.pipeline.hard_search import HardSearchConfig
+from cloud_settings import fixed_epochs_cloud
 
 NAN, INF = float("nan"), float("inf")
 NOT_FINITE = [NAN, INF, -INF]
@@ -240,9 +241,9 @@ def test_the_cli_refuses_in_one_error_line_before_writing(tmp_path, flags, field
 
 @pytest.mark.slow
 def test_a_diverging_cloud_training_is_refused_before_any_stage_commits_it(tmp_path):
-    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.cloud.train import train_cloud
     from lcft_tf.data.synthetic import SyntheticConfig, generate
 
     data = generate(SyntheticConfig(num_users=12, num_items=20, mean_samples_per_user=20, history_length=2, dense_dim=1))
     with pytest.raises(ValueError, match="diverged"):
-        train_cloud("wide_deep", data, CloudConfig(optimizer="sgd", epochs=1, learning_rate=1e30))
+        train_cloud("wide_deep", data, fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=1e30))

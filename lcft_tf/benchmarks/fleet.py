@@ -77,7 +77,7 @@ def prepare_cloud_side(config: CloudSideConfig, workdir: Path) -> CloudSide:
         seed=config.seed))
     data.save(workdir / "dataset")
     model, cloud_seconds = timed(train_cloud, config.model, data, CloudConfig(
-        epochs=config.cloud_epochs, batch_size=config.cloud_batch_size, seed=config.seed))
+        epochs=config.cloud_epochs, batch_size=config.cloud_batch_size, validation_fraction=0.0, seed=config.seed))
     path = workdir / f"{config.model}.tflite"
     export = ExportConfig(learning_rate=config.device_lr, global_ctr=data.global_ctr)
     export_tflite(model, path, export)

@@ -34,6 +34,7 @@ from typing import Any
 
 from lcft_tf import __version__, methods
 from lcft_tf._io import atomic_write, to_json
+from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.dataset import CTRDataset
 from lcft_tf.evaluation.report import Grouping, auc_table, summarize, write_report
 from lcft_tf.fleet.executors import make_executor
@@ -142,6 +143,28 @@ def _baseline_headline(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cloud_training_lines(cloud: CloudConfig, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """The report's account of cloud training: the settings, then per model
+    x seed the chosen learning rate and epochs and each candidate's
+    validation AUC per epoch (from the cloud stages' ``training`` info)."""
+    search = (f"learning rate from {list(cloud.candidate_rates)} and epochs (at most {cloud.epochs}, patience "
+              f"{cloud.patience}) chosen on user-weighted AUC of the last {cloud.validation_fraction:.0%} of the "
+              f"train period, then {'refit on all of it' if cloud.refit else 'the best epoch kept'}"
+              if cloud.validation_fraction else f"lr {cloud.candidate_rates[0]}, {cloud.epochs} epoch(s), no validation")
+    lines = [f"Cloud training: {cloud.optimizer}, batch {cloud.batch_size}, lr x{cloud.decay_per_epoch} per epoch; "
+             f"{search}."]
+    for model, seeds in runs.items():
+        for seed, run in seeds.items():
+            info = run["cloud"].get("cloud", {}).get("training")
+            if not info or not info["candidates"]:
+                continue
+            curves = "; ".join(f"lr {c['learning_rate']:g}: " + " ".join(f"{a:.4f}" for a in c["validation_auc"])
+                               for c in info["candidates"])
+            lines.append(f"{model} seed {seed}: lr {info['learning_rate']:g}, {info['epochs']} epoch(s); "
+                         f"validation AUC per epoch: {curves}.")
+    return lines
+
+
 def rolled_back_warnings(runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """One line per model x seed x method whose device steps were rolled back
     more often than :data:`ROLLED_BACK_LIMIT` (from each fleet's statistics)."""
@@ -223,10 +246,9 @@ def _run(ctx: RunContext, out: Path) -> dict[str, Any]:
     atomic_write(out / "results.json", to_json(results))
     notes = [f"**Warning**: {w}" for w in warnings] + _baseline_headline(report) + [
         f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
-        f"Cloud training: {config.cloud.optimizer}, lr {config.cloud.rate}, {config.cloud.epochs} epoch(s), "
-        f"batch {config.cloud.batch_size}. Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
+        f"Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
         f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter."
-    ]
+    ] + cloud_training_lines(config.cloud, runs)
     write_report(out, {"title": f"LCFT experiment: {config.run_name}", "dataset": config.dataset, "notes": notes}, report)
     if warnings and not config.allow_rolled_back:
         raise RolledBackError(f"{warnings[0]} (results.json and report.md are written; "

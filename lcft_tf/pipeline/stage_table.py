@@ -120,13 +120,14 @@ def _build_dataset(ctx: RunContext, stage: Stage, model: str, seed: int, fresh: 
 
 
 def _build_cloud(ctx: RunContext, stage: Stage, model: str, seed: int, fresh: bool):
-    from lcft_tf.cloud.train import save_cloud_model, train_cloud
+    from lcft_tf.cloud.train import fit_cloud, save_cloud_model
 
     started = time.perf_counter()
-    keras_model = train_cloud(model, ctx.dataset, dataclasses.replace(ctx.config.cloud, seed=seed))
-    ctx.keras_models[run_id(model, seed)] = keras_model
-    save_cloud_model(keras_model, stage.directory)
-    return [f"{keras_model.name}.keras"], {"train_seconds": round(time.perf_counter() - started, 2)}
+    trained = fit_cloud(model, ctx.dataset, dataclasses.replace(ctx.config.cloud, seed=seed))
+    ctx.keras_models[run_id(model, seed)] = trained.model
+    save_cloud_model(trained.model, stage.directory)
+    return [f"{trained.model.name}.keras"], {"train_seconds": round(time.perf_counter() - started, 2),
+                                            "training": trained.info}
 
 
 def _build_hard(ctx: RunContext, stage: Stage, model: str, seed: int, fresh: bool):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import BATCH, build_tiny
 
-from lcft_tf.artifacts.pack import Pack, SubmodelLayout, apply_update, sparse_update
+from lcft_tf.artifacts.pack import Pack, apply_update, sparse_update
 from lcft_tf.cloud.export import ExportConfig, export_tflite
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.device.submodel import SubmodelDevice

@@ -22,11 +22,12 @@ from conftest import REPO, TESTS
 from lcft_tf.cloud.train import CloudConfig, train_cloud
 from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf import models
+from cloud_settings import fixed_epochs_cloud
 
 # Its own data, not the tiny recipe's: on the recipe's 24 users the two-worker
 # weights differ by 2.5e-3 (measured), on these 30 users by <= 6e-8.
 DATA = SyntheticConfig(num_users=30, num_items=40, mean_samples_per_user=40.0, history_length=4, dense_dim=3, seed=1)
-CLOUD = CloudConfig(optimizer="sgd", epochs=2, learning_rate=0.5, shuffle=False, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
+CLOUD = fixed_epochs_cloud(optimizer="sgd", epochs=2, learning_rate=0.5, shuffle=False, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)})
 
 WORKER = textwrap.dedent("""
     import dataclasses, sys

@@ -21,6 +21,7 @@ from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import auc
 from lcft_tf.models.sample_classifier import EMBEDDING_FEATURE, build_sample_classifier
+from cloud_settings import fixed_epochs_cloud
 
 SMALL = SyntheticConfig(num_users=30, num_items=40, mean_samples_per_user=25, min_samples_per_user=4,
                         history_length=4, dense_dim=3, seed=5)
@@ -321,11 +322,11 @@ def test_fine_matching_beats_keeping_every_retrieved_sample(tmp_path):
     coda - retrieval_only = +0.021 / +0.008 / +0.018 (coda - local =
     -0.016 / -0.009 / -0.009: on this generator augmentation does not beat
     Local). Seed 0 is run; the threshold sits well inside its margin."""
-    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.cloud.train import train_cloud
     from lcft_tf.evaluation.metrics import user_weighted_auc
 
     data = generate(FEW)
-    model = train_cloud("wide_deep", data, CloudConfig(optimizer="sgd", epochs=2, seed=0))  # the setting the margin was measured in
+    model = train_cloud("wide_deep", data, fixed_epochs_cloud(optimizer="sgd", epochs=2, seed=0))  # the setting the margin was measured in
     export_tflite(model, tmp_path / "m.tflite", ExportConfig(global_ctr=data.global_ctr, learning_rate=0.5))
     emb = dataset_embeddings(model, data)
     retrieval = retrieve(emb, data.offsets, data.split, RetrievalConfig(k=50))
@@ -363,11 +364,11 @@ def augmentation_aucs(seed, tmp_path, k=200, faiss_methods=()):
     an oracle for coarse matching) or of other clusters (``dissimilar``, the
     control). ``faiss_methods`` adds CoDA methods over the real retrieval
     (measurement only, docs/coda.md)."""
-    from lcft_tf.cloud.train import CloudConfig, train_cloud
+    from lcft_tf.cloud.train import train_cloud
     from lcft_tf.evaluation.metrics import user_weighted_auc
 
     data = generate(dataclasses.replace(CLUSTERED, seed=seed))
-    model = train_cloud("wide_deep", data, CloudConfig(optimizer="sgd", epochs=2, seed=seed))
+    model = train_cloud("wide_deep", data, fixed_epochs_cloud(optimizer="sgd", epochs=2, seed=seed))
     export_tflite(model, tmp_path / "m.tflite", ExportConfig(global_ctr=data.global_ctr, learning_rate=0.5))
     ctr = OnDeviceModel(tmp_path / "m.tflite")
     state = ctr.save()

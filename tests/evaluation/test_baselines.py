@@ -13,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.evaluation.baselines import SMOOTHING_GRID, baseline_scores, choose_smoothing
 from lcft_tf.evaluation.metrics import user_weighted_auc
+from cloud_settings import fixed_epochs_cloud
 
 DATA = SyntheticConfig(num_users=40, num_items=25, mean_samples_per_user=30, history_length=2, dense_dim=1, seed=7)
 
@@ -73,13 +74,12 @@ def test_the_smoothing_is_chosen_without_reading_the_test_split():
 @pytest.mark.slow
 def test_every_run_reports_the_baselines_beside_cloud(tmp_path):
     from lcft_tf.cloud.export import ExportConfig
-    from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.fleet.config import FleetConfig
     from lcft_tf.pipeline.config import ExperimentConfig
     from lcft_tf.pipeline.experiment import run_experiment
 
     config = ExperimentConfig(synthetic=DATA, models=("lr",), methods=("cloud", "local"), seeds=(0,),
-                              cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
+                              cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5),
                               fleet=FleetConfig(learning_rate=0.1, users_per_chunk=20, workers=1),
                               export=ExportConfig(batch_size=8), output_dir=str(tmp_path), name="b")
     results = run_experiment(config)

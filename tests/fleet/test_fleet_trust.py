@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,13 +14,13 @@ import pytest
 from lcft_tf.artifacts.coda_files import RETRIEVAL, Retrieval
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.retrieval import RetrievalConfig
-from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import ProcessExecutor, SerialExecutor
 from lcft_tf.fleet.simulate import simulate
 from lcft_tf.pipeline.config import ExperimentConfig
 from lcft_tf.pipeline.experiment import run_experiment
+from cloud_settings import fixed_epochs_cloud
 
 pytestmark = pytest.mark.slow  # a tiny run or two exports per module (~10-20 s on 2 cores)
 
@@ -31,7 +30,7 @@ CONFIG = ExperimentConfig(
     models=("wide_deep",),
     seeds=(0,),
     methods=("cloud", "local", "soft2", "coda"),
-    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
+    cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=4, workers=1),
     export=ExportConfig(batch_size=8, submodel_capacity=34),  # the item table (40) is packed
     retrieval=RetrievalConfig(k=6),

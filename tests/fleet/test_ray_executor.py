@@ -20,6 +20,7 @@ from lcft_tf.fleet.config import FleetConfig  # noqa: E402
 from lcft_tf.fleet.executors import SerialExecutor  # noqa: E402
 from lcft_tf.fleet.simulate import simulate  # noqa: E402
 from lcft_tf.fleet.ray_executor import RayExecutor  # noqa: E402
+from cloud_settings import fixed_epochs_cloud
 
 FLEET = FleetConfig(methods=("cloud", "local", "soft2"), learning_rate=0.1, users_per_chunk=2, workers=2)
 
@@ -117,13 +118,12 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
     import subprocess
     import sys
 
-    from lcft_tf.cloud.train import CloudConfig
     from lcft_tf.pipeline.config import ExperimentConfig
     from lcft_tf.pipeline.experiment import run_experiment
 
     config = ExperimentConfig(
         synthetic=SyntheticConfig(num_users=12, num_items=30, mean_samples_per_user=30.0, history_length=3, dense_dim=2),
-        models=("lr",), methods=("cloud", "local", "hard"), cloud=CloudConfig(epochs=1, learning_rate=0.5),
+        models=("lr",), methods=("cloud", "local", "hard"), cloud=fixed_epochs_cloud(epochs=1, learning_rate=0.5),
         fleet=FleetConfig(learning_rate=0.1, users_per_chunk=3, workers=1),
         hard=HardSearchConfig(users_per_group=2, alphas=(0.5, 2.0), betas=(0.0,)),
         export=ExportConfig(batch_size=8), output_dir=str(tmp_path), name="serial",

@@ -14,6 +14,7 @@ from lcft_tf import models
 from lcft_tf.cloud.export import ExportConfig, TrainableModule, export_tflite
 from lcft_tf.cloud.train import CloudConfig, save_cloud_model, train_cloud
 from lcft_tf.device.model import OnDeviceModel
+from cloud_settings import fixed_epochs_cloud
 
 SMALL = {"embedding_dim": 4, "hidden_units": (8,)}
 
@@ -23,7 +24,7 @@ def _first_step_deltas(data, optimizer: str, lr: float) -> np.ndarray:
     over all rows (embedding tables get sparse gradients, which Keras' Adam
     accumulates per occurrence, so they are left out)."""
     n = len(data.train_rows()[1])
-    config = CloudConfig(batch_size=n, epochs=1, learning_rate=lr, optimizer=optimizer, shuffle=False, model_kwargs=SMALL)
+    config = fixed_epochs_cloud(batch_size=n, epochs=1, learning_rate=lr, optimizer=optimizer, shuffle=False, model_kwargs=SMALL)
     trained = train_cloud("wide_deep", data, config)
     fresh = models.build("wide_deep", data.spec, seed=config.seed, **SMALL).build_from_spec()
     pairs = [(a, b) for a, b in zip(trained.weights, fresh.weights) if "embeddings" not in a.path]
@@ -45,11 +46,13 @@ def test_adam_first_step_moves_every_weight_with_a_gradient_by_the_learning_rate
 def test_unknown_cloud_optimizer_is_rejected_and_learning_rate_follows_the_optimizer():
     with pytest.raises(ValueError, match="rmsprop"):
         CloudConfig(optimizer="rmsprop")
-    assert CloudConfig().rate == 1e-3  # the default, Adam
-    assert CloudConfig(optimizer="sgd").rate == 1.0  # the paper's SGD
-    assert CloudConfig(optimizer="adam").rate == 1e-3  # never Adam at SGD's 1.0 by accident
-    assert dataclasses.replace(CloudConfig(optimizer="sgd"), optimizer="adam").rate == 1e-3
-    assert CloudConfig(optimizer="adam", learning_rate=0.01).rate == 0.01
+    assert CloudConfig().candidate_rates == (3e-3, 1e-2)  # the default: Adam, both tried on validation
+    assert CloudConfig(optimizer="sgd").candidate_rates == (1.0,)  # the paper's SGD
+    assert fixed_epochs_cloud(optimizer="sgd").candidate_rates == (1.0,)
+    assert fixed_epochs_cloud(optimizer="adam").candidate_rates == (1e-3,)  # never Adam at SGD's 1.0 by accident
+    assert dataclasses.replace(fixed_epochs_cloud(optimizer="sgd"), optimizer="adam").candidate_rates == (1e-3,)
+    assert CloudConfig(optimizer="adam", learning_rate=0.01).candidate_rates == (0.01,)  # given: nothing searched
+    assert CloudConfig(learning_rate_grid=[0.1, 0.2]).candidate_rates == (0.1, 0.2)
 
 
 def _din(spec, **kwargs):

@@ -14,7 +14,6 @@ import pytest
 
 from lcft_tf.cloud.export import ExportConfig
 from lcft_tf.cloud.retrieval import RetrievalConfig
-from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.fleet.executors import SerialExecutor
@@ -24,6 +23,7 @@ from lcft_tf.methods import BASELINES, METHODS, of_kind
 CODA_METHODS = of_kind(METHODS, "coda")
 from lcft_tf.pipeline.config import ExperimentConfig
 from lcft_tf.pipeline.experiment import run_experiment
+from cloud_settings import fixed_epochs_cloud
 
 CODA = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=24, num_items=40, mean_samples_per_user=30, history_length=3, dense_dim=2,
@@ -31,7 +31,7 @@ CODA = ExperimentConfig(
     models=("wide_deep",),
     seeds=(0,),
     methods=("cloud", "local", "soft2", *CODA_METHODS),
-    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
+    cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5, model_kwargs={"embedding_dim": 4, "hidden_units": (8,)}),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=6, workers=1),
     export=ExportConfig(batch_size=8),
     retrieval=RetrievalConfig(k=12),

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from lcft_tf.cloud.export import ExportConfig, export_tflite
-from lcft_tf.cloud.train import CloudConfig, train_cloud
+from lcft_tf.cloud.train import train_cloud
 from lcft_tf.data.synthetic import SyntheticConfig, generate
 from lcft_tf.pipeline.hard_search import HardSearchConfig, search_hard_table
+from cloud_settings import fixed_epochs_cloud
 
 GRID = dict(users_per_group=80, alphas=(0.5, 1.0, 2.0), betas=(-0.1, 0.0, 0.1))
 
@@ -18,7 +19,7 @@ def _search(tmp_path, seed: int, **data):
     dataset = generate(SyntheticConfig(num_users=800, num_items=60, mean_samples_per_user=60, history_length=4,
                                        dense_dim=4, seed=seed, **data))
     path = tmp_path / f"lr{seed}.tflite"
-    model = train_cloud("lr", dataset, CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5, seed=seed))
+    model = train_cloud("lr", dataset, fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5, seed=seed))
     export_tflite(model, path, ExportConfig(batch_size=16, global_ctr=dataset.global_ctr, submodel_capacity=0))
     return search_hard_table(path, dataset, HardSearchConfig(seed=seed, **GRID), learning_rate=0.1)
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from lcft_tf.cloud.export import ExportConfig
-from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
 
 from lcft_tf.pipeline.experiment import run_experiment
+from cloud_settings import fixed_epochs_cloud
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_soft2_beats_local_beats_cloud_under_strong_drift(tmp_path):
         models=("lr",),
         methods=("cloud", "local", "soft2"),
         seeds=(0, 1, 2),
-        cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
+        cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5),
         fleet=FleetConfig(learning_rate=0.1, workers=1),
         export=ExportConfig(batch_size=16),
         output_dir=str(tmp_path),

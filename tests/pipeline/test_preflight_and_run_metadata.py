@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 
 from lcft_tf.cloud.export import ExportConfig
-from lcft_tf.cloud.train import CloudConfig
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
 from lcft_tf.pipeline.experiment import RunExistsError, run_experiment
+from cloud_settings import fixed_epochs_cloud
 
 TINY = ExperimentConfig(
     synthetic=SyntheticConfig(num_users=12, num_items=20, mean_samples_per_user=20, history_length=3, dense_dim=2),
     models=("lr",), methods=("cloud", "local"), seeds=(0,),
-    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
+    cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=6, workers=1), export=ExportConfig(batch_size=8),
     name="run",
 )

@@ -20,7 +20,7 @@ import pytest
 from conftest import slow_cases
 
 from lcft_tf.cloud.export import ExportConfig
-from lcft_tf.cloud.train import CloudConfig
+from cloud_settings import fixed_epochs_cloud
 from lcft_tf.data.synthetic import SyntheticConfig
 from lcft_tf.fleet.config import FleetConfig
 from lcft_tf.pipeline.config import ExperimentConfig
@@ -33,7 +33,7 @@ TINY = ExperimentConfig(
     models=("lr",),
     methods=("cloud", "local", "soft2"),
     seeds=(0,),
-    cloud=CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.5),
+    cloud=fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.5),
     fleet=FleetConfig(learning_rate=0.1, users_per_chunk=5, workers=1),
     export=ExportConfig(batch_size=8),
     name="run",
@@ -61,8 +61,8 @@ def _copy(finished, tmp_path) -> ExperimentConfig:
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"cloud": CloudConfig(optimizer="sgd", epochs=2, learning_rate=0.5)}, "cloud.epochs: 1 -> 2"),
-        ({"cloud": CloudConfig(optimizer="sgd", epochs=1, learning_rate=0.25)}, "cloud.learning_rate: 0.5 -> 0.25"),
+        ({"cloud": fixed_epochs_cloud(optimizer="sgd", epochs=2, learning_rate=0.5)}, "cloud.epochs: 1 -> 2"),
+        ({"cloud": fixed_epochs_cloud(optimizer="sgd", epochs=1, learning_rate=0.25)}, "cloud.learning_rate: 0.5 -> 0.25"),
         ({"export": ExportConfig(batch_size=16)}, "export.batch_size: 8 -> 16"),
         ({"fleet": dataclasses.replace(TINY.fleet, learning_rate=0.2)}, "export.learning_rate: 0.1 -> 0.2"),
         ({"fleet": dataclasses.replace(TINY.fleet, epochs=2)}, "fleet.epochs: 1 -> 2"),
