@@ -47,6 +47,7 @@ from lcft_tf.data.dataset import (
     split_samples,
     user_index,
     user_offsets,
+    split_accounting,
     users_with_enough_samples,
 )
 from lcft_tf.data.raw import RawDataError, RowReader, check_int, check_split_options, require_files, resolve
@@ -214,7 +215,7 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
         raise RawDataError(f"{reviews_path}: {len(item_names)} item reviewed; negatives need at least 2 items")
     item_category, num_categories, without_meta = _item_categories(meta_path, reader, item_names, data_dir)
     samples = _with_negatives(reviews, item_names, options, reviews_path)
-    users, items, times, labels = _kept_reviewers(*samples, options)
+    users, items, times, labels, accounting = _kept_reviewers(*samples, options)
     offsets = user_offsets(users)
     split = split_samples(offsets, times, options.split, options.cut_timestamp, options.test_fraction)
     hist = options.history_length
@@ -232,6 +233,8 @@ def build_amazon(data_dir: str | Path, options: AmazonOptions | None = None) -> 
             "reviews_file": reviews_path.name,
             "meta_file": meta_path.name if meta_path else None,
             "raw_reviews": len(reviews),
+            "split": options.split,
+            "split_accounting": accounting,
             "skipped_rows": dict(reader.skipped),
             "items_without_meta": without_meta,
             # Users grouped by their negative sampling ratio, as in the paper's report.
@@ -305,8 +308,9 @@ def _with_negatives(
 
 def _kept_reviewers(
     users: np.ndarray, items: np.ndarray, times: np.ndarray, labels: np.ndarray, options: AmazonOptions
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The samples of users with ``min_train`` train and ``min_test`` test reviews."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """The samples of users with ``min_train`` train and ``min_test`` test
+    reviews, and :func:`~lcft_tf.data.dataset.split_accounting` of the split."""
     offsets = user_offsets(users)
     split = split_samples(offsets, times, options.split, options.cut_timestamp, options.test_fraction)
     # Count reviews (clicks), not samples, so whether a user is kept never depends on their ratio r.
@@ -314,7 +318,8 @@ def _kept_reviewers(
     keep = keep_user[user_index(offsets)]
     if not keep.any():
         raise RawDataError(f"amazon: no user has >= {options.min_train} train and >= {options.min_test} test reviews")
-    return users[keep], items[keep], times[keep], labels[keep]
+    accounting = split_accounting(offsets, split, times, options.min_train, options.min_test, counted=labels)
+    return users[keep], items[keep], times[keep], labels[keep], accounting
 
 
 def _features(

@@ -339,6 +339,34 @@ def users_with_enough_samples(
     return (train >= min_train) & (test >= min_test)
 
 
+def split_accounting(offsets: np.ndarray, split: np.ndarray, timestamps: np.ndarray, min_train: int, min_test: int,
+                     counted: np.ndarray | None = None) -> dict[str, Any]:
+    """What a loader's split and user filter did, for the run's record
+    (docs/data.md "Same-second samples"): users before and kept, users
+    dropped for too few train or (with enough train) too few test samples
+    (counted where ``counted`` holds, as :func:`users_with_enough_samples`),
+    how many of the dropped had every sample in one second (the same-second
+    rule makes them all train), and the realised test share of the kept
+    users' samples (it exceeds the requested fraction when same-second
+    groups move to test)."""
+    train, test = counts_per_side(offsets, split, counted)
+    kept = (train >= min_train) & (test >= min_test)
+    sizes = np.diff(offsets)
+    timestamps = np.asarray(timestamps)
+    nonempty = sizes > 0
+    one_second = np.zeros(len(sizes), bool)
+    one_second[nonempty] = timestamps[offsets[:-1][nonempty]] == timestamps[offsets[1:][nonempty] - 1]
+    test_samples = (offsets[1:] - split)[kept].sum()
+    return {
+        "users_before": int(len(sizes)),
+        "users_kept": int(kept.sum()),
+        "dropped_too_few_train": int((train < min_train).sum()),
+        "dropped_too_few_test": int(((train >= min_train) & (test < min_test)).sum()),
+        "dropped_all_in_one_second": int((~kept & one_second & (sizes >= 2)).sum()),
+        "test_share": round(float(test_samples / max(sizes[kept].sum(), 1)), 4),
+    }
+
+
 def user_offsets(users: np.ndarray) -> np.ndarray:
     """Block offsets int64 ``[num_users + 1]`` of samples sorted by user key
     ``users`` (any sortable dtype, ``[num_samples]``); each distinct key is

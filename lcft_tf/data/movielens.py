@@ -48,6 +48,7 @@ from lcft_tf.data.dataset import (
     split_samples,
     user_index,
     user_offsets,
+    split_accounting,
     users_with_enough_samples,
 )
 from lcft_tf.data.raw import (
@@ -282,7 +283,7 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
     genome_path = resolve(data_dir, "genome-scores.csv")
     has_genome = fmt == "csv" and options.use_genome and genome_path is not None
     split_mode = options.split if options.split != "auto" else ("global" if has_genome else "per_user")
-    users_raw, items_raw, timestamps, labels = _kept_samples(ratings, split_mode, options)
+    users_raw, items_raw, timestamps, labels, accounting = _kept_samples(ratings, split_mode, options)
     offsets = user_offsets(users_raw)
     split = split_samples(offsets, timestamps, split_mode, options.cut_timestamp, options.test_fraction)
     movie_ids, items = np.unique(items_raw, return_inverse=True)
@@ -309,6 +310,7 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
             "format": fmt,
             "data_dir": str(data_dir),
             "split": split_mode,
+            "split_accounting": accounting,
             "options": dataclasses.asdict(options),
             "raw_ratings": int(len(ratings)),
             "skipped_rows": dict(reader.skipped),
@@ -319,7 +321,8 @@ def build_movielens(data_dir: str | Path, options: MovieLensOptions | None = Non
     )
     summary = dataset.summary()
     dataset.info["paper_ml20m"] = PAPER_ML20M
-    log.info("movielens (%s, %s split): %s; the paper's ml-20m: %s", fmt, split_mode, summary, PAPER_ML20M)
+    log.info("movielens (%s, %s split): %s; split %s; the paper's ml-20m: %s", fmt, split_mode, summary, accounting,
+             PAPER_ML20M)
     return dataset
 
 
@@ -338,7 +341,8 @@ def _read_raw(data_dir: Path, options: MovieLensOptions) -> tuple[str, RowReader
 
 def _kept_samples(ratings: np.ndarray, split_mode: str, options: MovieLensOptions) -> tuple[np.ndarray, ...]:
     """Raw user ids, raw movie ids, timestamps and click labels (int8), sorted
-    by (user, time, movie), of the users with enough train and test samples."""
+    by (user, time, movie), of the users with enough train and test samples,
+    and :func:`~lcft_tf.data.dataset.split_accounting` of the split."""
     users_raw, items_raw, timestamps = ratings["user"], ratings["item"], ratings["timestamp"]
     labels = (ratings["rating"] >= 4.0).astype(np.int8)  # a rating >= 4 is a click (paper §5.1)
     order = np.lexsort((items_raw, timestamps, users_raw))
@@ -351,7 +355,8 @@ def _kept_samples(ratings: np.ndarray, split_mode: str, options: MovieLensOption
             f"movielens: no user has >= {options.min_train} train and >= {options.min_test} test samples "
             f"with split {split_mode!r}"
         )
-    return users_raw[kept], items_raw[kept], timestamps[kept], labels[kept]
+    accounting = split_accounting(offsets, split, timestamps, options.min_train, options.min_test)
+    return users_raw[kept], items_raw[kept], timestamps[kept], labels[kept], accounting
 
 
 def _genome_table(genome: tuple[np.ndarray, np.ndarray, np.ndarray], movie_ids: np.ndarray) -> tuple[np.ndarray, dict]:

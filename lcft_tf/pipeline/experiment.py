@@ -143,6 +143,19 @@ def _baseline_headline(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def split_lines(info: dict[str, Any]) -> list[str]:
+    """The report's account of a real dataset's split: the realised test
+    share and the users each rule dropped (``info["split_accounting"]``,
+    :func:`lcft_tf.data.dataset.split_accounting`); none for synthetic data."""
+    a = info.get("split_accounting")
+    if not a:
+        return []
+    return [f"Split ({info.get('split', '?')}): test is {a['test_share']:.1%} of the kept users' samples; "
+            f"{a['users_kept']} of {a['users_before']} users kept, {a['dropped_too_few_train']} dropped for too few "
+            f"train and {a['dropped_too_few_test']} for too few test samples ({a['dropped_all_in_one_second']} of "
+            "the dropped had every sample in one second, which the same-second rule keeps on the train side)."]
+
+
 def cloud_training_lines(cloud: CloudConfig, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """The report's account of cloud training: the settings, then per model
     x seed the chosen learning rate and epochs and each candidate's
@@ -235,7 +248,7 @@ def _run(ctx: RunContext, out: Path) -> dict[str, Any]:
         "package_version": __version__,
         "config": dataclasses.asdict(config),
         "stages": {n: s.hash for n, s in stages.items()},
-        "dataset": summary,
+        "dataset": {**summary, "split_accounting": dataset.info.get("split_accounting")},
         "global_ctr": global_ctr,
         "summary": report,
         "baselines": baselines,
@@ -248,7 +261,7 @@ def _run(ctx: RunContext, out: Path) -> dict[str, Any]:
         f"Dataset **{config.dataset}**: {summary['users']} users, {summary['samples']} samples. "
         f"Device fine-tuning: lr {config.fleet.learning_rate}, {config.fleet.epochs} epoch(s), "
         f"batch {config.export.batch_size}, {config.export.optimizer}, all in the LiteRT interpreter."
-    ] + cloud_training_lines(config.cloud, runs)
+    ] + split_lines(dataset.info) + cloud_training_lines(config.cloud, runs)
     write_report(out, {"title": f"LCFT experiment: {config.run_name}", "dataset": config.dataset, "notes": notes}, report)
     if warnings and not config.allow_rolled_back:
         raise RolledBackError(f"{warnings[0]} (results.json and report.md are written; "
