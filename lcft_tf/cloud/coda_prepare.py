@@ -72,7 +72,8 @@ def prepare_coda(
     embeddings = dataset_embeddings(model, dataset, retrieval.fields)
     np.save(directory / EMBEDDINGS, embeddings, allow_pickle=False)
     embedding_seconds = time.perf_counter() - started
-    result = retrieve(embeddings, dataset.offsets, dataset.split, dataclasses.replace(retrieval, seed=seed))
+    result = retrieve(embeddings, dataset.offsets, dataset.split, dataclasses.replace(retrieval, seed=seed),
+                      dataset.local_start)
     result.save(directory / RETRIEVAL)
     clf = build_sample_classifier(embeddings.shape[1], hidden_units=classifier.hidden_units, seed=seed)
     export_tflite(clf, directory / CLASSIFIER,

@@ -8,7 +8,8 @@ users most similar to the user's local data (faiss; docs/coda.md).
   an inner product is a cosine similarity with equal weight per field.
 * :func:`retrieve` — the pool is every *train* sample of the dataset (test
   samples never enter), optionally a seeded subsample; each user queries
-  once with the normalised mean of its train embeddings, over-fetches by the
+  once with the normalised mean of its local (device-side, possibly capped)
+  train embeddings, over-fetches by the
   number of its own pool samples and drops them, so its K results are other
   users' train samples only. Results are re-sorted by (score desc, sample
   index asc), so ties never depend on faiss internals.
@@ -190,14 +191,19 @@ def retrieve(
     offsets: np.ndarray,
     split: np.ndarray,
     config: RetrievalConfig | None = None,
+    local_start: np.ndarray | None = None,
 ) -> Retrieval:
     """Top-K other users' train samples for every user (module doc).
 
     ``embeddings`` [N, D] float32 are unit rows of every sample, ``offsets``
     [U + 1] / ``split`` [U] the dataset's user blocks and the index of each
-    user's first test sample (see :class:`CTRDataset`). Users without train
-    samples get no results. Raises ``ValueError`` for embeddings of the wrong
-    shape or with NaN / inf, or a split outside the user blocks.
+    user's first test sample (see :class:`CTRDataset`). ``local_start`` [U]
+    (default ``offsets[:-1]``): each user's first device-side train sample
+    (:attr:`CTRDataset.local_start`); the query is the mean of
+    ``[local_start, split)``, while every train sample of the user stays
+    out of its results. Users without local samples get no results. Raises
+    ``ValueError`` for embeddings of the wrong shape or with NaN / inf, or a
+    split or local start outside the user blocks.
     """
     import faiss
 
@@ -205,6 +211,9 @@ def retrieve(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     offsets, split = np.asarray(offsets, np.int64), np.asarray(split, np.int64)
     _check_inputs(embeddings, offsets, split)
+    local_start = offsets[:-1] if local_start is None else np.asarray(local_start, np.int64)
+    if local_start.shape != split.shape or np.any(local_start < offsets[:-1]) or np.any(local_start > split):
+        raise ValueError("local_start must hold one index per user between its block start and its split")
     num_users, k = len(offsets) - 1, config.k
     ids = np.full((num_users, k), -1, np.int64)
     scores = np.zeros((num_users, k), np.float32)
@@ -213,9 +222,9 @@ def retrieve(
     with _PeakRSS() as memory:
         began = time.perf_counter()
         pool, own_lo, own_hi = _pool(offsets, split, config)
-        queried = np.flatnonzero(split - offsets[:-1] > 0)
+        queried = np.flatnonzero(split - local_start > 0)
         if k and len(queried) and len(pool):
-            query = _user_queries(embeddings, offsets, split, queried)
+            query = _user_queries(embeddings, local_start, split, queried)
             index = _build_index(faiss, pool, embeddings, config)
             _search(index, query, queried, pool, own_lo, own_hi, config, ids, scores)
         seconds = time.perf_counter() - began
@@ -260,10 +269,10 @@ def _pool(offsets: np.ndarray, split: np.ndarray, config: RetrievalConfig) -> tu
     return pool, np.searchsorted(pool_user, users, "left"), np.searchsorted(pool_user, users, "right")
 
 
-def _user_queries(embeddings: np.ndarray, offsets: np.ndarray, split: np.ndarray, queried: np.ndarray) -> np.ndarray:
-    """The unit mean of each queried user's train embeddings: even segments of
-    reduceat over [offset, split, offset, split, ...] (a last split == N is implied)."""
-    bounds = np.stack([offsets[queried], split[queried]], 1).ravel()
+def _user_queries(embeddings: np.ndarray, start: np.ndarray, split: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """The unit mean of each queried user's local embeddings: even segments of
+    reduceat over [start, split, start, split, ...] (a last split == N is implied)."""
+    bounds = np.stack([start[queried], split[queried]], 1).ravel()
     bounds = bounds[:-1] if bounds[-1] == len(embeddings) else bounds
     return _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
 

@@ -99,7 +99,7 @@ class DeviceWorker:
         """The samples the cloud retrieved for user ``u``: features, labels,
         their embeddings, and the embeddings of the user's own train samples."""
         ids = self.coda.retrieval.user(u)
-        first, split = int(self.dataset.offsets[u]), int(self.dataset.split[u])
+        first, split = int(self.dataset.local_start[u]), int(self.dataset.split[u])  # the device's own (capped) data
         return self.dataset.take(ids), self.dataset.labels[ids], self.coda.embeddings[ids], self.coda.embeddings[first:split]
 
     def runner_for(self, u: int, view: UserView, retrieved) -> tuple[OnDeviceModel, dict, dict, dict, Any]:

@@ -64,16 +64,18 @@ def test_sample_embeddings_match_the_keras_tables(small):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
-def brute_force_top_k(emb, offsets, split, k):
-    """Per user: normalised mean of its train rows against every other user's
-    train rows, sorted by (score desc, index asc) — plain numpy loops."""
+def brute_force_top_k(emb, offsets, split, k, start=None):
+    """Per user: normalised mean of its train rows from ``start`` (default:
+    its first) against every other user's train rows, sorted by (score desc,
+    index asc) — plain numpy loops."""
+    start = offsets[:-1] if start is None else start
     users = user_index(offsets)
     train = np.arange(len(emb)) < split[users]
     ids, scores = np.full((len(split), k), -1), np.zeros((len(split), k), np.float32)
     for u in range(len(split)):
-        if split[u] == offsets[u]:
+        if split[u] == start[u]:
             continue
-        q = emb[offsets[u] : split[u]].sum(0)
+        q = emb[start[u] : split[u]].sum(0)
         q = q / np.linalg.norm(q)
         cand = np.flatnonzero(train & (users != u))
         s = emb[cand] @ q
@@ -93,6 +95,22 @@ def test_faiss_retrieval_equals_brute_force_top_k(small):
     approx = retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15, index="hnsw"))
     recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(approx.ids, ids)])
     assert recall > 0.9
+
+
+def test_capped_users_query_with_their_local_samples_only(small):
+    """Under ``max_local_samples`` the query is the mean of the device's last
+    N train samples; the pool (every train sample) and the exclusion of all
+    the user's own samples, cut ones included, are unchanged."""
+    data, _, emb = small
+    capped = dataclasses.replace(data, max_local_samples=3)
+    got = retrieve(emb, capped.offsets, capped.split, RetrievalConfig(k=15), capped.local_start)
+    ids, scores = brute_force_top_k(emb, data.offsets, data.split, 15, capped.local_start)
+    np.testing.assert_array_equal(got.ids, ids)
+    np.testing.assert_allclose(got.scores, scores, atol=1e-5)
+    assert got.stats["pool_size"] == int(data.train_mask.sum())
+    assert not np.array_equal(got.ids, retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15)).ids)
+    with pytest.raises(ValueError, match="local_start"):
+        retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15), data.split + 1)
 
 
 @pytest.mark.parametrize("config", [RetrievalConfig(k=40), RetrievalConfig(k=40, pool_size=300, seed=3),
