@@ -15,8 +15,8 @@ from lcft_tf.artifacts.coda_files import Retrieval
 from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve, sample_embeddings
 from lcft_tf.data.dataset import user_index
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.coda_fine_tune import (CodaConfig, FineMatching, coda_fine_tune_and_predict, method_config,
-                                           select_retrieved)
+from lcft_tf.device.coda_fine_tune import (CodaConfig, FineMatching, coda_fine_tune_and_predict, importance_weights,
+                                           method_config, select_retrieved)
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import auc
@@ -219,6 +219,50 @@ def test_k_zero_is_local_and_threshold_zero_is_retrieval_only(small, devices):
     assert everything.kept == only.kept == 12
     np.testing.assert_array_equal(everything.predictions, only.predictions)
     assert not np.allclose(only.predictions, local)  # the retrieved samples were trained on
+
+
+def test_importance_weights_match_a_bisection_reference():
+    """min(1, c p/(1-p)) with c found by plain bisection on the weight sum."""
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        k = int(rng.integers(1, 40))
+        p = rng.random(k) ** rng.integers(1, 5)
+        share = float(rng.uniform(0.02, 1.0))
+        ratio = np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6))
+        lo, hi = 0.0, 1e12
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.minimum(1, mid * ratio).sum() < share * k else (lo, mid)
+        np.testing.assert_allclose(importance_weights(p, share), np.minimum(1, hi * ratio), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(importance_weights(np.array([0.9, 0.5, 0.1, 0.01]), 0.5),
+                               [1.0, 0.891892, 0.099099, 0.009009], atol=1e-5)  # known answer: sums to 2
+    with pytest.raises(ValueError, match="mass_share"):
+        importance_weights(np.array([0.5]), 0.0)
+
+
+def test_weight_rule_steps_by_absolute_weight(small, devices):
+    """Weights act absolutely, not as a per-batch mean: mass share 1 (every
+    weight 1) trains as retrieval_only; near-zero weights train as Local
+    (K = 16, two whole batches of 8, so the local batches line up with Local's)."""
+    data, _, emb = small
+    ctr, clf = devices
+    state, clf_state = ctr.save(), clf.save()
+    view, rf, rl, le, re_ = _user_inputs(data, emb, retrieve(emb, data.offsets, data.split, RetrievalConfig(k=16)), 2)
+    assert ctr.batch_size == 8
+    run = lambda config, match=None: coda_fine_tune_and_predict(
+        ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.1, 2, config,
+        FineMatching(clf, clf_state, le, re_, matched=match))
+    only = run(method_config("retrieval_only"))
+    every = run(method_config("coda", keep="weight", keep_value=1.0))
+    assert every.kept == pytest.approx(16.0) and every.trained == 16
+    np.testing.assert_allclose(every.predictions, only.predictions, atol=1e-6)
+    tiny = np.full(16, 1e-7, np.float32)  # as select_retrieved returns them under the weight rule
+    nearly_local = run(method_config("coda", keep="weight", keep_value=0.5), (tiny, np.full(16, 0.5, np.float32)))
+    local = fine_tune_and_predict(ctr, state, view.train_features, view.train_labels.astype(np.float32),
+                                  view.test_features, 0.1, 2)
+    np.testing.assert_allclose(nearly_local.predictions, local, atol=1e-5)
+    assert np.abs(only.predictions - local).max() > 1e-3  # the retrieved samples matter at weight 1
+    assert nearly_local.trained == 16 and nearly_local.kept == pytest.approx(16e-7)
 
 
 def test_coda_rejects_bad_input(small, devices):
