@@ -51,15 +51,16 @@ class CodaConfig:
     use_classifier: bool = dataclasses.field(
         default=True, metadata={"help": "CoDA: filter with the sample classifier; false keeps every retrieved sample "
                                         "(retrieval_only)"})
+    # Defaults chosen on validation users' held-out train samples (docs/coda.md "Keep rule").
     keep: str = dataclasses.field(
-        default="threshold", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
+        default="fraction", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
                                                "keep_value), fraction (the top keep_value share) or weight (every "
                                                "one, weighted min(1, c p/(1-p)) with total weight keep_value x K)"})
     keep_value: float = dataclasses.field(
-        default=0.5, metadata={"help": "CoDA: the probability threshold, the kept fraction or the weight mass share, "
+        default=0.1, metadata={"help": "CoDA: the probability threshold, the kept fraction or the weight mass share, "
                                        "in [0, 1] (> 0 for fraction and weight)"})
     classifier_epochs: int = dataclasses.field(
-        default=10, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples, an integer >= 1"})
+        default=1, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples, an integer >= 1"})
     classifier_lr: float | None = dataclasses.field(
         default=None, metadata={"help": "CoDA: the sample classifier's learning rate; unset: the classifier file's "
                                         "default"})

@@ -60,6 +60,8 @@ def test_coda_methods_run_in_the_pipeline(coda_run):
     assert "wide_deep_seed0/coda" in results["stages"]
     stage = json.loads((Path(config.output_dir) / "coda" / "wide_deep_seed0" / "coda" / "stage.json").read_text())
     assert stage["info"]["retrieval"]["seconds"] >= 0 and stage["key"]["retrieval"]["k"] == 12
+    precision = stage["info"]["retrieval"]["precision"]  # recorded per run (docs/coda.md "Precision")
+    assert 0 <= precision["history_overlap"] <= 1 and 0 <= precision["history_overlap_chance"] <= 1
 
 
 @pytest.mark.slow
