@@ -21,7 +21,8 @@ import dataclasses
 from lcft_tf.correction import CORRECTIONS
 
 KINDS = ("cloud", "fine_tune", "coda", "baseline")
-CODA_MATCHING = ("classifier", "all")  # fine matching by the sample classifier, or keep every retrieved sample
+# Fine matching by the sample classifier (its keep rule: CodaConfig.keep), or every retrieved sample, weight 1.
+CODA_MATCHING = ("classifier", "all")
 NEEDS = ("hard_table", "embeddings", "coda_files")
 
 
@@ -39,8 +40,11 @@ class Method:
             (one of :data:`lcft_tf.correction.CORRECTIONS`), None for
             ``cloud`` and baselines.
         coda_matching: for ``coda`` methods, ``classifier`` (the sample
-            classifier keeps the local-looking retrieved samples) or ``all``
-            (every retrieved sample, the ablation).
+            classifier keeps, or weights, the local-looking retrieved
+            samples: ``coda`` with raw labels, ``coda_lcft`` with soft2 over
+            local + kept) or ``all`` (``retrieval_only``: every retrieved
+            sample, raw labels; the ablation that shows what fine matching
+            adds).
         needs: what the method requires of the run: ``hard_table`` (the
             exported file ships a hard table), ``embeddings`` (the model has
             embedding tables to retrieve with), ``coda_files`` (the cloud's

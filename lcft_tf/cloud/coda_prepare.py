@@ -17,7 +17,7 @@ import numpy as np
 
 from lcft_tf import checks
 from lcft_tf.artifacts.coda_files import CLASSIFIER, EMBEDDINGS, RETRIEVAL
-from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve
+from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieval_precision, retrieve
 from lcft_tf.data.dataset import CTRDataset
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,8 @@ def prepare_coda(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write the three CoDA files for ``model`` into ``directory``; returns
-    the cost (seconds, peak memory) for the report."""
+    the cost (seconds, peak memory) and the retrieval's precision
+    diagnostics (:func:`retrieval_precision`) for the report."""
     from lcft_tf.cloud.export import ExportConfig, export_tflite  # TensorFlow: the cloud side only
     from lcft_tf.models.sample_classifier import build_sample_classifier
 
@@ -72,7 +73,9 @@ def prepare_coda(
     embeddings = dataset_embeddings(model, dataset, retrieval.fields)
     np.save(directory / EMBEDDINGS, embeddings, allow_pickle=False)
     embedding_seconds = time.perf_counter() - started
-    result = retrieve(embeddings, dataset.offsets, dataset.split, dataclasses.replace(retrieval, seed=seed))
+    result = retrieve(embeddings, dataset.offsets, dataset.split, dataclasses.replace(retrieval, seed=seed),
+                      dataset.local_start)
+    result.stats["precision"] = retrieval_precision(dataset, result.ids, seed=seed)  # recorded per run
     result.save(directory / RETRIEVAL)
     clf = build_sample_classifier(embeddings.shape[1], hidden_units=classifier.hidden_units, seed=seed)
     export_tflite(clf, directory / CLASSIFIER,

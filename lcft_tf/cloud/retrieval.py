@@ -8,11 +8,15 @@ users most similar to the user's local data (faiss; docs/coda.md).
   an inner product is a cosine similarity with equal weight per field.
 * :func:`retrieve` — the pool is every *train* sample of the dataset (test
   samples never enter), optionally a seeded subsample; each user queries
-  once with the normalised mean of its train embeddings, over-fetches by the
+  once with the normalised mean of its local (device-side, possibly capped)
+  train embeddings, over-fetches by the
   number of its own pool samples and drops them, so its K results are other
   users' train samples only. Results are re-sorted by (score desc, sample
   index asc), so ties never depend on faiss internals.
 * the result is a :class:`lcft_tf.artifacts.coda_files.Retrieval`.
+* :func:`retrieval_precision` — how similar the retrieved samples' users
+  are, recorded per run: own taste cluster against chance (synthetic), and
+  oracle-free proxies (shared clicked items, click rates) on any data.
 """
 
 from __future__ import annotations
@@ -190,14 +194,19 @@ def retrieve(
     offsets: np.ndarray,
     split: np.ndarray,
     config: RetrievalConfig | None = None,
+    local_start: np.ndarray | None = None,
 ) -> Retrieval:
     """Top-K other users' train samples for every user (module doc).
 
     ``embeddings`` [N, D] float32 are unit rows of every sample, ``offsets``
     [U + 1] / ``split`` [U] the dataset's user blocks and the index of each
-    user's first test sample (see :class:`CTRDataset`). Users without train
-    samples get no results. Raises ``ValueError`` for embeddings of the wrong
-    shape or with NaN / inf, or a split outside the user blocks.
+    user's first test sample (see :class:`CTRDataset`). ``local_start`` [U]
+    (default ``offsets[:-1]``): each user's first device-side train sample
+    (:attr:`CTRDataset.local_start`); the query is the mean of
+    ``[local_start, split)``, while every train sample of the user stays
+    out of its results. Users without local samples get no results. Raises
+    ``ValueError`` for embeddings of the wrong shape or with NaN / inf, or a
+    split or local start outside the user blocks.
     """
     import faiss
 
@@ -205,6 +214,9 @@ def retrieve(
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     offsets, split = np.asarray(offsets, np.int64), np.asarray(split, np.int64)
     _check_inputs(embeddings, offsets, split)
+    local_start = offsets[:-1] if local_start is None else np.asarray(local_start, np.int64)
+    if local_start.shape != split.shape or np.any(local_start < offsets[:-1]) or np.any(local_start > split):
+        raise ValueError("local_start must hold one index per user between its block start and its split")
     num_users, k = len(offsets) - 1, config.k
     ids = np.full((num_users, k), -1, np.int64)
     scores = np.zeros((num_users, k), np.float32)
@@ -213,9 +225,9 @@ def retrieve(
     with _PeakRSS() as memory:
         began = time.perf_counter()
         pool, own_lo, own_hi = _pool(offsets, split, config)
-        queried = np.flatnonzero(split - offsets[:-1] > 0)
+        queried = np.flatnonzero(split - local_start > 0)
         if k and len(queried) and len(pool):
-            query = _user_queries(embeddings, offsets, split, queried)
+            query = _user_queries(embeddings, local_start, split, queried)
             index = _build_index(faiss, pool, embeddings, config)
             _search(index, query, queried, pool, own_lo, own_hi, config, ids, scores)
         seconds = time.perf_counter() - began
@@ -233,6 +245,77 @@ def retrieve(
     log.info("retrieval: %d users, pool %d, K=%d in %.1f s (peak RSS +%.0f MiB)", num_users, len(pool), k,
              seconds, stats["peak_rss_added_bytes"] / 2**20)
     return Retrieval(ids=ids, scores=scores, stats=stats)
+
+
+def retrieval_precision(dataset: CTRDataset, ids: np.ndarray, max_users: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Precision diagnostics of a retrieval (docs/coda.md "Precision").
+
+    ``ids``: int ``[U, K]`` retrieved global sample indices, -1 padded.
+    Over at most ``max_users`` queried users (a seeded sample):
+
+    * ``history_overlap``: share of retrieved samples whose user clicked
+      (in its train samples) an item the querying user clicked in its local
+      samples; ``history_overlap_chance``: the same share over the whole
+      pool (every other user's train samples); needs a candidate-item
+      feature (a sparse feature that a sequence feature queries with),
+      else both None;
+    * ``click_rate_correlation``: Pearson correlation over users of the
+      retrieved set's click rate and the user's local click rate (None when
+      either is constant);
+    * ``own_cluster`` / ``own_cluster_chance``: on synthetic data with
+      ``info["taste_cluster"]``, the share of retrieved samples from users
+      of the querying user's cluster and the pool's share (else None).
+
+    Shares are means over sampled users with a non-empty retrieval. Numpy
+    only. Raises ``ValueError`` for ``ids`` not ``[num_users, K]``.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or len(ids) != dataset.num_users:
+        raise ValueError(f"ids must be [num_users={dataset.num_users}, K], got {ids.shape}")
+    offsets, split, labels = np.asarray(dataset.offsets), np.asarray(dataset.split), np.asarray(dataset.labels)
+    user_of = user_index(offsets)
+    train = np.arange(len(labels)) < split[user_of]
+    local_start = dataset.local_start
+    users = np.flatnonzero((ids >= 0).any(1) & (split > local_start))
+    if len(users) > max_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
+    pool_count = np.bincount(user_of[train], minlength=dataset.num_users).astype(np.float64)
+    out: dict[str, Any] = {"users": int(len(users))}
+    item = next((f.query for f in dataset.spec.sequences if f.query in dataset.features), None)
+    overlap = chance = None
+    if item is not None and len(users):
+        items = np.asarray(dataset.features[item])
+        clicked = train & (labels == 1)
+        order = np.lexsort((user_of[clicked], items[clicked]))  # (item, user) pairs: an inverted index
+        by_item, by_user = items[clicked][order], user_of[clicked][order]
+        share, base = [], []
+        for u in users:
+            mine = np.unique(items[local_start[u] : split[u]][labels[local_start[u] : split[u]] == 1])
+            lo, hi = np.searchsorted(by_item, mine, "left"), np.searchsorted(by_item, mine, "right")
+            hit = np.zeros(dataset.num_users, bool)
+            hit[np.concatenate([by_user[a:b] for a, b in zip(lo, hi)]) if len(mine) else []] = True
+            hit[u] = False
+            row = ids[u][ids[u] >= 0]
+            share.append(hit[user_of[row]].mean())
+            base.append((pool_count * hit).sum() / max(pool_count.sum() - pool_count[u], 1.0))
+        overlap, chance = float(np.mean(share)), float(np.mean(base))
+    out.update(history_overlap=overlap, history_overlap_chance=chance)
+    rows = [ids[u][ids[u] >= 0] for u in users]
+    retrieved_rate = np.array([labels[r].mean() for r in rows])
+    local_rate = np.array([labels[local_start[u] : split[u]].mean() for u in users])
+    both = len(users) > 1 and retrieved_rate.std() > 0 and local_rate.std() > 0
+    out["click_rate_correlation"] = float(np.corrcoef(retrieved_rate, local_rate)[0, 1]) if both else None
+    cluster = dataset.info.get("taste_cluster")
+    if cluster is not None and len(users):
+        cluster = np.asarray(cluster)
+        sample_cluster = cluster[user_of]
+        mass = np.bincount(cluster, weights=pool_count, minlength=int(cluster.max()) + 1)
+        out["own_cluster"] = float(np.mean([np.mean(sample_cluster[r] == cluster[u]) for u, r in zip(users, rows)]))
+        out["own_cluster_chance"] = float(np.mean([(mass[cluster[u]] - pool_count[u]) / (pool_count.sum() - pool_count[u])
+                                                   for u in users]))
+    else:
+        out["own_cluster"] = out["own_cluster_chance"] = None
+    return out
 
 
 def _check_inputs(embeddings: np.ndarray, offsets: np.ndarray, split: np.ndarray) -> None:
@@ -260,10 +343,10 @@ def _pool(offsets: np.ndarray, split: np.ndarray, config: RetrievalConfig) -> tu
     return pool, np.searchsorted(pool_user, users, "left"), np.searchsorted(pool_user, users, "right")
 
 
-def _user_queries(embeddings: np.ndarray, offsets: np.ndarray, split: np.ndarray, queried: np.ndarray) -> np.ndarray:
-    """The unit mean of each queried user's train embeddings: even segments of
-    reduceat over [offset, split, offset, split, ...] (a last split == N is implied)."""
-    bounds = np.stack([offsets[queried], split[queried]], 1).ravel()
+def _user_queries(embeddings: np.ndarray, start: np.ndarray, split: np.ndarray, queried: np.ndarray) -> np.ndarray:
+    """The unit mean of each queried user's local embeddings: even segments of
+    reduceat over [start, split, start, split, ...] (a last split == N is implied)."""
+    bounds = np.stack([start[queried], split[queried]], 1).ravel()
     bounds = bounds[:-1] if bounds[-1] == len(embeddings) else bounds
     return _unit_rows(np.add.reduceat(embeddings, bounds, axis=0)[::2])
 

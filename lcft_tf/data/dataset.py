@@ -6,11 +6,17 @@ contiguous block ``offsets[u] : offsets[u + 1]``; the first
 local data, also the cloud's training data), the rest the user's test
 samples. Everything downstream (cloud training, fleet simulation,
 evaluation) reads this and nothing else.
+
+``max_local_samples`` N (unset: no cap) makes a device hold only the last N
+of its user's train samples (:attr:`CTRDataset.local_start`): the few-sample
+regime on real data. The cloud side (its training data, CoDA's pool) and the
+test samples are unchanged; the cut samples are simply absent from the device.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from pathlib import Path
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from lcft_tf import checks
 from lcft_tf._io import atomic_write
 from lcft_tf.features import FeatureSpec, SequenceFeature, SparseFeature
 
@@ -48,7 +55,8 @@ class CTRDataset:
     """Samples of many users, sorted by (user, time), with a train/test split
     (layout: module docstring). ``features`` arrays have one row per sample;
     ``timestamps`` are int64 seconds. Raises ``ValueError`` when offsets,
-    split, row counts or columns disagree with each other or the spec."""
+    split, row counts or columns disagree with each other or the spec, or
+    ``max_local_samples`` is not unset or an integer >= 1."""
 
     name: str
     spec: FeatureSpec
@@ -61,8 +69,12 @@ class CTRDataset:
     # Features stored once per key instead of once per sample (e.g. the
     # 1,128-d genome of each movie): name -> (key feature, table[key id]).
     lookups: dict[str, tuple[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # A device holds only its user's last N train samples (module docstring); None: all.
+    max_local_samples: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_local_samples is not None:
+            checks.integer(self.max_local_samples, "max_local_samples", 1)
         n = len(self.labels)
         if self.offsets[0] != 0 or self.offsets[-1] != n or np.any(np.diff(self.offsets) < 0):
             raise ValueError("offsets must rise from 0 to the number of samples")
@@ -98,6 +110,16 @@ class CTRDataset:
         """bool ``[num_samples]``: the sample lies before its user's split."""
         return np.arange(self.num_samples) < self.split[user_index(self.offsets)]
 
+    @functools.cached_property  # read once per user by the fleet: computed once
+    def local_start(self) -> np.ndarray:
+        """int64 ``[num_users]``: absolute index of each user's first *local*
+        (device-side) train sample: ``offsets[u]``, or under a cap the start
+        of the user's last ``max_local_samples`` train samples."""
+        first = np.asarray(self.offsets[:-1], np.int64)
+        if self.max_local_samples is None:
+            return first
+        return np.maximum(first, np.asarray(self.split, np.int64) - self.max_local_samples)
+
     @property
     def global_ctr(self) -> float:
         """``w_g``: the click rate of all users' train samples."""
@@ -116,10 +138,12 @@ class CTRDataset:
         return self.rows(~self.train_mask)
 
     def user(self, u: int) -> UserView:
-        """User ``u``'s (0-based) samples; raises ``IndexError`` out of range."""
+        """User ``u``'s (0-based) samples as its device holds them (train:
+        local data, capped by ``max_local_samples``); raises ``IndexError``
+        out of range."""
         if not 0 <= u < self.num_users:
             raise IndexError(f"user {u} out of range [0, {self.num_users})")
-        a, s, b = int(self.offsets[u]), int(self.split[u]), int(self.offsets[u + 1])
+        a, s, b = int(self.local_start[u]), int(self.split[u]), int(self.offsets[u + 1])
         return UserView(
             user=u,
             train_features=self.take(slice(a, s)),
@@ -129,9 +153,11 @@ class CTRDataset:
         )
 
     def local_ctrs(self) -> np.ndarray:
-        """``w_i`` of every user, float64 ``[num_users]`` (NaN for users with no train samples)."""
-        clicks, _ = counts_per_side(self.offsets, self.split, self.labels)
-        counts, _ = counts_per_side(self.offsets, self.split)
+        """``w_i`` of every user, float64 ``[num_users]``, over the local (device)
+        train samples (NaN for users with none)."""
+        bounds = np.r_[self.local_start, self.offsets[-1]]
+        clicks, _ = counts_per_side(bounds, self.split, self.labels)
+        counts, _ = counts_per_side(bounds, self.split)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(counts > 0, clicks / counts, np.nan)
 
@@ -153,6 +179,7 @@ class CTRDataset:
             split=split,
             info={**self.info, "subset_of_users": int(self.num_users)},
             lookups=self.lookups,
+            max_local_samples=self.max_local_samples,
         )
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -173,6 +200,7 @@ class CTRDataset:
             "info": self.info,
             "features": sorted(self.features),
             "lookups": {k: key for k, (key, _) in self.lookups.items()},
+            "max_local_samples": self.max_local_samples,
         }
         atomic_write(directory / "dataset.json", json.dumps(meta, indent=2, default=str).encode())
         return directory
@@ -200,16 +228,20 @@ class CTRDataset:
             split=np.asarray(load("split")),
             info=meta["info"],
             lookups={k: (key, load(f"lookup.{k}")) for k, key in meta["lookups"].items()},
+            max_local_samples=meta.get("max_local_samples"),  # absent in files written before the cap: no cap
         )
 
     def summary(self) -> dict[str, Any]:
-        """Counts of users and samples, and ``w_g`` (None without train samples), for logs."""
+        """Counts of users and samples (train: the cloud's; local: the
+        devices'), and ``w_g`` (None without train samples), for logs."""
         train = self.train_mask
         return {
             "name": self.name,
             "users": self.num_users,
             "samples": self.num_samples,
             "train_samples": int(train.sum()),
+            "local_samples": int(np.sum(np.asarray(self.split) - self.local_start)),
+            "max_local_samples": self.max_local_samples,
             "test_samples": int((~train).sum()),
             "global_ctr": round(self.global_ctr, 4) if train.any() else None,
         }

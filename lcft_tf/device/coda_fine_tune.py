@@ -7,8 +7,9 @@ Per user, given the samples the cloud retrieved for it
 1. the sample classifier (its own ``.tflite``, restored to its initial
    state) trains on local samples (label 1) against retrieved samples
    (label 0), classes balanced by ``sample_weight``, in a seeded order;
-2. it scores the retrieved samples; the keep rule (threshold on the
-   probability, or the top fraction) picks the local-like ones;
+2. it scores the retrieved samples; the keep rule picks the local-like
+   ones (threshold on the probability, the top fraction) or weights every
+   one by its importance ``p / (1 - p)`` (``weight``);
 3. the CTR model restores the cloud weights and fine-tunes on the kept
    samples (retrieval rank order) followed by the local samples (time
    order), with raw labels (``coda``) or corrected labels over that whole
@@ -31,7 +32,8 @@ from lcft_tf.correction import CORRECTIONS
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 
-KEEP_RULES = ("threshold", "fraction")
+KEEP_RULES = ("threshold", "fraction", "weight")
+_P_CLIP = 1e-6  # p / (1 - p) stays finite and positive for float32 probabilities of exactly 0 or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,13 +51,16 @@ class CodaConfig:
     use_classifier: bool = dataclasses.field(
         default=True, metadata={"help": "CoDA: filter with the sample classifier; false keeps every retrieved sample "
                                         "(retrieval_only)"})
+    # Defaults chosen on validation users' held-out train samples (docs/coda.md "Keep rule").
     keep: str = dataclasses.field(
-        default="threshold", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
-                                               "keep_value) or fraction (the top keep_value share)"})
+        default="fraction", metadata={"help": "CoDA: keep retrieved samples by threshold (probability >= "
+                                               "keep_value), fraction (the top keep_value share) or weight (every "
+                                               "one, weighted min(1, c p/(1-p)) with total weight keep_value x K)"})
     keep_value: float = dataclasses.field(
-        default=0.5, metadata={"help": "CoDA: the probability threshold, or the kept fraction, in [0, 1] (a fraction > 0)"})
+        default=0.1, metadata={"help": "CoDA: the probability threshold, the kept fraction or the weight mass share, "
+                                       "in [0, 1] (> 0 for fraction and weight)"})
     classifier_epochs: int = dataclasses.field(
-        default=10, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples, an integer >= 1"})
+        default=1, metadata={"help": "CoDA: passes of the sample classifier over local + retrieved samples, an integer >= 1"})
     classifier_lr: float | None = dataclasses.field(
         default=None, metadata={"help": "CoDA: the sample classifier's learning rate; unset: the classifier file's "
                                         "default"})
@@ -68,8 +73,8 @@ class CodaConfig:
         checks.flag(self.use_classifier, "use_classifier")
         checks.choice(self.keep, "keep", KEEP_RULES)
         checks.number(self.keep_value, "keep_value", 0.0, 1.0)
-        if self.keep == "fraction" and self.keep_value == 0:
-            raise ValueError("keep_value 0 with keep 'fraction' keeps no retrieved sample (every CoDA method would "
+        if self.keep in ("fraction", "weight") and self.keep_value == 0:
+            raise ValueError(f"keep_value 0 with keep {self.keep!r} keeps no retrieved sample (every CoDA method would "
                              "equal Local), got 0")
         checks.integer(self.classifier_epochs, "classifier_epochs", 1)
         if self.classifier_lr is not None:
@@ -96,13 +101,16 @@ def method_config(method: str, base: CodaConfig | None = None, **overrides: Any)
 @dataclasses.dataclass
 class CodaResult:
     """One user's CoDA outcome: float32 ``predictions`` ``[num_test]`` (click
-    probabilities), the number of ``kept`` retrieved samples, and the
-    classifier's local-likeness ``probabilities`` ``[K]`` of the retrieved
-    samples (None when no classifier ran)."""
+    probabilities), ``kept``, the weight mass of the retrieved samples used
+    (their number under a hard keep rule), ``trained``, the number of
+    retrieved rows the device trained on, and the classifier's
+    local-likeness ``probabilities`` ``[K]`` of the retrieved samples (None
+    when no classifier ran)."""
 
     predictions: np.ndarray  # [num_test] click probabilities
-    kept: int  # retrieved samples used for fine-tuning
+    kept: float  # weight mass of the retrieved samples used (= their number for threshold / fraction)
     probabilities: np.ndarray | None  # [K] classifier's local-likeness of each retrieved sample
+    trained: int = 0  # retrieved rows in the fine-tuning set (all K with weight > 0 under "weight")
 
 
 def select_retrieved(
@@ -113,7 +121,11 @@ def select_retrieved(
     config: CodaConfig,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fine matching: ``(keep mask [K], probability [K])`` of the retrieved samples."""
+    """Fine matching: ``(keep [K], probability [K])`` of the retrieved
+    samples. ``keep`` is a bool mask under ``threshold`` / ``fraction``, and
+    float32 weights in [0, 1] under ``weight`` (:func:`importance_weights`).
+    Raises ``ValueError`` for embeddings that are not finite ``[N, D]`` of
+    the classifier's D, or no local sample with K > 0."""
     (feature,) = classifier.spec.names  # the classifier's one dense input (no TensorFlow import here)
     local = _matrix("local_embeddings", local_embeddings)
     retrieved = _matrix("retrieved_embeddings", retrieved_embeddings)
@@ -137,11 +149,42 @@ def select_retrieved(
     probability = classifier.infer({feature: retrieved})
     if config.keep == "threshold":
         keep = probability >= config.keep_value
+    elif config.keep == "weight":
+        keep = importance_weights(probability, config.keep_value)
     else:
         top = np.argsort(-probability, kind="stable")[: int(np.ceil(config.keep_value * k))]
         keep = np.zeros(k, bool)
         keep[top] = True
     return keep, probability
+
+
+def importance_weights(probability: np.ndarray, mass_share: float) -> np.ndarray:
+    """float32 ``[K]`` weights ``min(1, c r)`` of the retrieved samples, with
+    ``r = p / (1 - p)`` the classifier's density ratio local : retrieved
+    (its classes are balanced) and ``c`` chosen so the weights sum to
+    ``mass_share * K``: a soft top fraction. No retrieved sample counts more
+    than a local one (weight 1). ``probability``: float ``[K]`` in [0, 1];
+    ``mass_share`` in (0, 1]. Raises ``ValueError`` otherwise."""
+    checks.number(mass_share, "mass_share", 0.0, 1.0, low_open=True)
+    p = np.clip(np.asarray(probability, np.float64).reshape(-1), _P_CLIP, 1 - _P_CLIP)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probability contains NaN or inf")
+    k = len(p)
+    if k == 0:
+        return np.zeros(0, np.float32)
+    ratio = p / (1 - p)
+    target = mass_share * k
+    # Water-filling: with the t largest ratios saturated at 1, c = (target - t) / (sum of the rest);
+    # the valid t is the one where c keeps exactly those t at or above 1.
+    r = np.sort(ratio)[::-1]
+    tail = np.r_[np.cumsum(r[::-1])[::-1], 0.0]  # tail[t] = sum(r[t:])
+    for t in range(k + 1):
+        if t == k:
+            return np.ones(k, np.float32)
+        c = (target - t) / tail[t]
+        if c * r[t] < 1 and (t == 0 or c * r[t - 1] >= 1):
+            return np.minimum(1.0, c * ratio).astype(np.float32)
+    raise AssertionError("unreachable: the water level always exists")
 
 
 @dataclasses.dataclass
@@ -199,21 +242,59 @@ def coda_fine_tune_and_predict(
                                              matching.retrieved_embeddings, config, matching.seed)
     else:
         keep = np.ones(k, bool)
-    kept = int(keep.sum()) if len(train_labels) else 0  # no local data: nothing to augment
-    if kept:
+    weights = None
+    if keep.dtype != bool:  # the weight rule: every retrieved sample with weight > 0, weighted
+        weights, keep = keep, keep > 0
+    rows = int(keep.sum()) if len(train_labels) else 0  # no local data: nothing to augment
+    if rows:
         extra = {name: value[keep] for name, value in retrieved_features.items()}
         if config.adopt_user_id and USER_FEATURE in extra:
-            extra[USER_FEATURE] = np.full(kept, train_features[USER_FEATURE][0], extra[USER_FEATURE].dtype)
+            extra[USER_FEATURE] = np.full(rows, train_features[USER_FEATURE][0], extra[USER_FEATURE].dtype)
         features = {name: np.concatenate([extra[name], train_features[name]]) for name in train_features}
         labels = np.concatenate([retrieved_labels[keep], train_labels])
+        if weights is not None:
+            weights = np.r_[weights[keep], np.ones(len(train_labels), np.float32)]
     else:
-        features, labels = train_features, train_labels
+        features, labels, weights = train_features, train_labels, None
     if len(labels) and config.correction not in (None, "none"):
-        labels = device.correct(labels, config.correction)  # w: click rate of the whole set (docs/coda.md)
+        # w: click rate of the whole set (docs/coda.md), weighted as the loss weighs it
+        labels = _correct(device, labels, config.correction, weights)
     elif len(labels):
         labels = labels.astype(np.float32)
-    predictions = fine_tune_and_predict(device, cloud_state, features, labels, test_features, learning_rate, epochs)
-    return CodaResult(predictions=predictions, kept=kept, probabilities=probability)
+    if weights is None:
+        predictions = fine_tune_and_predict(device, cloud_state, features, labels, test_features, learning_rate, epochs)
+    else:
+        predictions = _fine_tune_weighted(device, cloud_state, features, labels, weights, test_features,
+                                          learning_rate, epochs)
+    kept = float(weights[:rows].sum()) if weights is not None else float(rows)
+    return CodaResult(predictions=predictions, kept=kept, probabilities=probability, trained=rows)
+
+
+def _correct(device: OnDeviceModel, labels: np.ndarray, correction: str, weights: np.ndarray | None) -> np.ndarray:
+    """The file's label correction of the fine-tuning set, with ``w`` its
+    click rate, weighted as the loss weighs the samples (docs/coda.md)."""
+    if weights is None:
+        return device.correct(labels, correction)
+    return device.correct(labels, correction, float(np.average(labels, weights=weights)))
+
+
+def _fine_tune_weighted(device: OnDeviceModel, cloud_state: dict[str, np.ndarray], features: dict[str, np.ndarray],
+                        labels: np.ndarray, weights: np.ndarray, test_features: dict[str, np.ndarray],
+                        learning_rate: float, epochs: int) -> np.ndarray:
+    """:func:`fine_tune_and_predict` with per-sample weights that act
+    absolutely: the train signature's loss is the *weighted mean* over a
+    batch, so a batch of low-weight samples would still take a full step;
+    each batch therefore steps with ``learning_rate x`` its mean weight
+    (a batch of local samples, weight 1, steps as in Local)."""
+    device.restore(cloud_state, probe=False)
+    b = device.batch_size
+    for _ in range(epochs):
+        for start in range(0, len(labels), b):
+            w = weights[start : start + b]
+            if w.sum() > 0:
+                device.train({k: v[start : start + b] for k, v in features.items()}, labels[start : start + b], w,
+                             learning_rate=learning_rate * float(w.mean()))
+    return device.infer(test_features)
 
 
 def _matrix(name: str, value: Any) -> np.ndarray:

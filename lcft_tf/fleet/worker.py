@@ -99,7 +99,7 @@ class DeviceWorker:
         """The samples the cloud retrieved for user ``u``: features, labels,
         their embeddings, and the embeddings of the user's own train samples."""
         ids = self.coda.retrieval.user(u)
-        first, split = int(self.dataset.offsets[u]), int(self.dataset.split[u])
+        first, split = int(self.dataset.local_start[u]), int(self.dataset.split[u])  # the device's own (capped) data
         return self.dataset.take(ids), self.dataset.labels[ids], self.coda.embeddings[ids], self.coda.embeddings[first:split]
 
     def runner_for(self, u: int, view: UserView, retrieved) -> tuple[OnDeviceModel, dict, dict, dict, Any]:
@@ -135,8 +135,9 @@ class DeviceWorker:
             method, rows = methods.get(name), len(view.train_labels)
             rolled_before = runner.rolled_back_steps
             if method.kind == "coda":
-                predictions[name], kept[name] = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
-                rows += kept[name]
+                result = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
+                predictions[name], kept[name] = result.predictions, result.kept
+                rows += result.trained
             else:
                 labels = None if method.kind == "cloud" else self.device.correct(view.train_labels, method.correction)
                 predictions[name] = fine_tune_and_predict(runner, state, train, labels, test, config.learning_rate,
@@ -147,8 +148,8 @@ class DeviceWorker:
         return predictions, kept
 
     def _coda(self, method: str, u: int, view: UserView, runner, state, train, test, retrieved,
-              matches: dict) -> tuple[np.ndarray, int]:
-        """One user's CoDA test predictions and the number of kept samples.
+              matches: dict):
+        """One user's :class:`CodaResult` (test predictions, kept weight mass, rows trained).
         ``matches`` caches the user's fine matching: it depends on the keep
         rule and the classifier only, which ``coda`` and ``coda_lcft`` share."""
         features, labels, retrieved_embeddings, local_embeddings = retrieved
@@ -160,7 +161,7 @@ class DeviceWorker:
         matching.matched = matches.get("match")
         result = coda_fine_tune_and_predict(runner, state, train, view.train_labels, test, features, labels,
                                             self.config.learning_rate, self.config.epochs, coda, matching)
-        return result.predictions, result.kept
+        return result
 
     # -- one chunk -----------------------------------------------------------
     def run_chunk(self, users: tuple[int, int]) -> dict[str, Any]:
@@ -191,7 +192,7 @@ class DeviceWorker:
             "num_test": np.asarray(records["num_test"], np.int64),
             "labels": _concat(records["labels"], np.int8),
             **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
-            **{f"kept.{m}": np.asarray(k, np.int64) for m, k in kept.items()},
+            **{f"kept.{m}": np.asarray(k, np.float64) for m, k in kept.items()},  # weight mass (= count for hard rules)
         }
         data = encode_chunk(users, arrays, stats)
         atomic_write(self.chunk_dir / chunk_name(users[0]), data)

@@ -43,7 +43,7 @@ class ExperimentConfig:
     Raises ``ValueError`` on construction, before anything is written, for
     an unknown dataset or model, no models, seeds that are empty, repeated
     or not integers in [0, 2**32 - 1], unknown or repeated methods, methods
-    without ``cloud``, ``max_users`` not an integer >= 1, CoDA on a model
+    without ``cloud``, ``max_users`` or ``max_local_samples`` not an integer >= 1, CoDA on a model
     without embeddings, ``data_options`` that are not the chosen real
     dataset's valid loader options (synthetic takes none), a nested config
     of the wrong type, resume with overwrite, or settings that make a method
@@ -65,6 +65,9 @@ class ExperimentConfig:
     max_users: int | None = dataclasses.field(
         default=None, metadata={"help": "use a random sample of this many users (an integer >= 1, seeded by --data_seed), "
                                         "for quick runs; unset: all"})
+    max_local_samples: int | None = dataclasses.field(
+        default=None, metadata={"help": "keep only each user's most recent N train samples on its device (an integer "
+                                        ">= 1; the cloud's data, CoDA's pool and the test split stay whole); unset: all"})
     models: tuple[str, ...] = dataclasses.field(
         default=("din", "wide_deep"), metadata={"help": "registry models (lcft_tf.models.REGISTRY), or 'all'"})
     methods: tuple[str, ...] = dataclasses.field(
@@ -127,8 +130,9 @@ class ExperimentConfig:
         methods.check_methods(self.methods)
         if "cloud" not in self.methods:
             raise ValueError(f"methods must include 'cloud' (every gain is measured against it), got {list(self.methods)}")
-        if self.max_users is not None:
-            checks.integer(self.max_users, "max_users", 1)
+        for name in ("max_users", "max_local_samples"):
+            if getattr(self, name) is not None:
+                checks.integer(getattr(self, name), name, 1)
         self._check_methods_have_meaning()
         coda = methods.of_kind(self.methods, "coda")
         flat = [m for m in self.models if not REGISTRY[m].needs_embeddings]

@@ -33,7 +33,8 @@ def run_id(model: str, seed: int) -> str:
 
 
 def load_dataset(config: ExperimentConfig) -> CTRDataset:
-    """The dataset the config names, limited to ``max_users`` if set."""
+    """The dataset the config names, limited to ``max_users`` and its devices
+    to ``max_local_samples`` if set."""
     if config.dataset == "synthetic":
         from lcft_tf.data.synthetic import generate
 
@@ -45,6 +46,8 @@ def load_dataset(config: ExperimentConfig) -> CTRDataset:
     if config.max_users is not None and config.max_users < dataset.num_users:
         rng = np.random.default_rng(config.synthetic.seed)
         dataset = dataset.subset_users(np.sort(rng.choice(dataset.num_users, config.max_users, replace=False)))
+    if config.max_local_samples is not None:
+        dataset = dataclasses.replace(dataset, max_local_samples=config.max_local_samples)
     return dataset
 
 
@@ -106,6 +109,7 @@ def _dataset_key(config: ExperimentConfig, model: str, seed: int) -> dict[str, A
         "synthetic": config.synthetic if config.dataset == "synthetic" else None,
         "max_users": config.max_users,
         "subset_seed": config.synthetic.seed if config.max_users else None,
+        "max_local_samples": config.max_local_samples,
     }
 
 

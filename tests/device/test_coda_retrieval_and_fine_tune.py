@@ -15,14 +15,16 @@ from lcft_tf.artifacts.coda_files import Retrieval
 from lcft_tf.cloud.retrieval import RetrievalConfig, dataset_embeddings, retrieve, sample_embeddings
 from lcft_tf.data.dataset import user_index
 from lcft_tf.data.synthetic import SyntheticConfig, generate
-from lcft_tf.device.coda_fine_tune import (CodaConfig, FineMatching, coda_fine_tune_and_predict, method_config,
-                                           select_retrieved)
+from lcft_tf.device.coda_fine_tune import (CodaConfig, FineMatching, coda_fine_tune_and_predict, importance_weights,
+                                           method_config, select_retrieved)
 from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.evaluation.metrics import auc
 from lcft_tf.models.sample_classifier import EMBEDDING_FEATURE, build_sample_classifier
 from cloud_settings import fixed_epochs_cloud
 
+# The keep rule the measurements of docs/coda.md "Measured (synthetic)" were made with.
+THRESHOLD = CodaConfig(keep="threshold", keep_value=0.5, classifier_epochs=10)
 SMALL = SyntheticConfig(num_users=30, num_items=40, mean_samples_per_user=25, min_samples_per_user=4,
                         history_length=4, dense_dim=3, seed=5)
 
@@ -65,16 +67,18 @@ def test_sample_embeddings_match_the_keras_tables(small):
     assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
 
-def brute_force_top_k(emb, offsets, split, k):
-    """Per user: normalised mean of its train rows against every other user's
-    train rows, sorted by (score desc, index asc) — plain numpy loops."""
+def brute_force_top_k(emb, offsets, split, k, start=None):
+    """Per user: normalised mean of its train rows from ``start`` (default:
+    its first) against every other user's train rows, sorted by (score desc,
+    index asc) — plain numpy loops."""
+    start = offsets[:-1] if start is None else start
     users = user_index(offsets)
     train = np.arange(len(emb)) < split[users]
     ids, scores = np.full((len(split), k), -1), np.zeros((len(split), k), np.float32)
     for u in range(len(split)):
-        if split[u] == offsets[u]:
+        if split[u] == start[u]:
             continue
-        q = emb[offsets[u] : split[u]].sum(0)
+        q = emb[start[u] : split[u]].sum(0)
         q = q / np.linalg.norm(q)
         cand = np.flatnonzero(train & (users != u))
         s = emb[cand] @ q
@@ -94,6 +98,22 @@ def test_faiss_retrieval_equals_brute_force_top_k(small):
     approx = retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15, index="hnsw"))
     recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(approx.ids, ids)])
     assert recall > 0.9
+
+
+def test_capped_users_query_with_their_local_samples_only(small):
+    """Under ``max_local_samples`` the query is the mean of the device's last
+    N train samples; the pool (every train sample) and the exclusion of all
+    the user's own samples, cut ones included, are unchanged."""
+    data, _, emb = small
+    capped = dataclasses.replace(data, max_local_samples=3)
+    got = retrieve(emb, capped.offsets, capped.split, RetrievalConfig(k=15), capped.local_start)
+    ids, scores = brute_force_top_k(emb, data.offsets, data.split, 15, capped.local_start)
+    np.testing.assert_array_equal(got.ids, ids)
+    np.testing.assert_allclose(got.scores, scores, atol=1e-5)
+    assert got.stats["pool_size"] == int(data.train_mask.sum())
+    assert not np.array_equal(got.ids, retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15)).ids)
+    with pytest.raises(ValueError, match="local_start"):
+        retrieve(emb, data.offsets, data.split, RetrievalConfig(k=15), data.split + 1)
 
 
 @pytest.mark.parametrize("config", [RetrievalConfig(k=40), RetrievalConfig(k=40, pool_size=300, seed=3),
@@ -161,7 +181,7 @@ def test_classifier_separates_two_distributions_in_litert(tmp_path):
     export_tflite(build_sample_classifier(8, seed=0), tmp_path / "c.tflite", ExportConfig(batch_size=8, learning_rate=0.5))
     clf = OnDeviceModel(tmp_path / "c.tflite")
     state = clf.save()
-    keep, p = select_retrieved(clf, state, local, np.concatenate([near, far]), CodaConfig(), seed=0)
+    keep, p = select_retrieved(clf, state, local, np.concatenate([near, far]), THRESHOLD, seed=0)
     assert auc(np.r_[np.ones(30), np.zeros(30)], p) > 0.9
     print("auc", auc(np.r_[np.ones(30), np.zeros(30)], p), "kept near/far", keep[:30].mean(), keep[30:].mean())
     # Near samples look local but were trained as 0: balanced, their ideal p is 2/3, so about half clear 0.5.
@@ -196,12 +216,56 @@ def test_k_zero_is_local_and_threshold_zero_is_retrieval_only(small, devices):
         np.testing.assert_array_equal(got.predictions, expected)
         assert got.kept == 0
     everything = coda_fine_tune_and_predict(ctr, state, view.train_features, view.train_labels, view.test_features,
-                                            rf, rl, 0.1, 2, method_config("coda", keep_value=0.0), FineMatching(clf, clf_state, le, re_))
+                                            rf, rl, 0.1, 2, method_config("coda", THRESHOLD, keep_value=0.0), FineMatching(clf, clf_state, le, re_))
     only = coda_fine_tune_and_predict(ctr, state, view.train_features, view.train_labels, view.test_features,
                                       rf, rl, 0.1, 2, method_config("retrieval_only"))
     assert everything.kept == only.kept == 12
     np.testing.assert_array_equal(everything.predictions, only.predictions)
     assert not np.allclose(only.predictions, local)  # the retrieved samples were trained on
+
+
+def test_importance_weights_match_a_bisection_reference():
+    """min(1, c p/(1-p)) with c found by plain bisection on the weight sum."""
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        k = int(rng.integers(1, 40))
+        p = rng.random(k) ** rng.integers(1, 5)
+        share = float(rng.uniform(0.02, 1.0))
+        ratio = np.clip(p, 1e-6, 1 - 1e-6) / (1 - np.clip(p, 1e-6, 1 - 1e-6))
+        lo, hi = 0.0, 1e12
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if np.minimum(1, mid * ratio).sum() < share * k else (lo, mid)
+        np.testing.assert_allclose(importance_weights(p, share), np.minimum(1, hi * ratio), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(importance_weights(np.array([0.9, 0.5, 0.1, 0.01]), 0.5),
+                               [1.0, 0.891892, 0.099099, 0.009009], atol=1e-5)  # known answer: sums to 2
+    with pytest.raises(ValueError, match="mass_share"):
+        importance_weights(np.array([0.5]), 0.0)
+
+
+def test_weight_rule_steps_by_absolute_weight(small, devices):
+    """Weights act absolutely, not as a per-batch mean: mass share 1 (every
+    weight 1) trains as retrieval_only; near-zero weights train as Local
+    (K = 16, two whole batches of 8, so the local batches line up with Local's)."""
+    data, _, emb = small
+    ctr, clf = devices
+    state, clf_state = ctr.save(), clf.save()
+    view, rf, rl, le, re_ = _user_inputs(data, emb, retrieve(emb, data.offsets, data.split, RetrievalConfig(k=16)), 2)
+    assert ctr.batch_size == 8
+    run = lambda config, match=None: coda_fine_tune_and_predict(
+        ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.1, 2, config,
+        FineMatching(clf, clf_state, le, re_, matched=match))
+    only = run(method_config("retrieval_only"))
+    every = run(method_config("coda", keep="weight", keep_value=1.0))
+    assert every.kept == pytest.approx(16.0) and every.trained == 16
+    np.testing.assert_allclose(every.predictions, only.predictions, atol=1e-6)
+    tiny = np.full(16, 1e-7, np.float32)  # as select_retrieved returns them under the weight rule
+    nearly_local = run(method_config("coda", keep="weight", keep_value=0.5), (tiny, np.full(16, 0.5, np.float32)))
+    local = fine_tune_and_predict(ctr, state, view.train_features, view.train_labels.astype(np.float32),
+                                  view.test_features, 0.1, 2)
+    np.testing.assert_allclose(nearly_local.predictions, local, atol=1e-5)
+    assert np.abs(only.predictions - local).max() > 1e-3  # the retrieved samples matter at weight 1
+    assert nearly_local.trained == 16 and nearly_local.kept == pytest.approx(16e-7)
 
 
 def test_coda_rejects_bad_input(small, devices):
@@ -341,7 +405,7 @@ def test_fine_matching_beats_keeping_every_retrieved_sample(tmp_path):
         for method in preds:
             preds[method].append(coda_fine_tune_and_predict(
                 ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.5, 5,
-                method_config(method), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
+                method_config(method, THRESHOLD), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
     users, labels = np.concatenate(users), np.concatenate(labels)
     value = {m: user_weighted_auc(users, labels, np.concatenate(p)).value for m, p in preds.items()}
     assert value["coda"] - value["retrieval_only"] > 0.005, value
@@ -400,7 +464,7 @@ def augmentation_aucs(seed, tmp_path, k=200, faiss_methods=()):
             _, rf, rl, le, re_ = _user_inputs(data, emb, retrieval, u)
             preds[method].append(coda_fine_tune_and_predict(
                 ctr, state, view.train_features, view.train_labels, view.test_features, rf, rl, 0.5, 5,
-                method_config(method), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
+                method_config(method, THRESHOLD), FineMatching(clf, clf_state, le, re_, seed=int(u))).predictions)
     users, labels = np.concatenate(users), np.concatenate(labels)
     return {m: user_weighted_auc(users, labels, np.concatenate(p)).value for m, p in preds.items()}
 

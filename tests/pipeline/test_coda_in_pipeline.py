@@ -60,6 +60,8 @@ def test_coda_methods_run_in_the_pipeline(coda_run):
     assert "wide_deep_seed0/coda" in results["stages"]
     stage = json.loads((Path(config.output_dir) / "coda" / "wide_deep_seed0" / "coda" / "stage.json").read_text())
     assert stage["info"]["retrieval"]["seconds"] >= 0 and stage["key"]["retrieval"]["k"] == 12
+    precision = stage["info"]["retrieval"]["precision"]  # recorded per run (docs/coda.md "Precision")
+    assert 0 <= precision["history_overlap"] <= 1 and 0 <= precision["history_overlap_chance"] <= 1
 
 
 @pytest.mark.slow
@@ -157,3 +159,23 @@ def test_coda_on_per_device_submodels_equals_the_full_model(coda_run, tmp_path):
         np.testing.assert_allclose(sub.predictions[m], full.predictions[m], atol=1e-6, rtol=0)
     for m in CODA_METHODS:
         np.testing.assert_array_equal(sub.kept[m], full.kept[m])
+
+
+def test_capped_devices_see_their_last_samples_only(coda_run, tmp_path):
+    """``max_local_samples``: the fleet's devices train on their last N train
+    samples (num_train = min(train, N)); the test samples are the same."""
+    from lcft_tf.data.dataset import CTRDataset
+
+    config, _ = coda_run
+    run = Path(config.output_dir) / "coda"
+    model, coda_dir = run / "wide_deep_seed0" / "export" / "wide_deep.tflite", run / "wide_deep_seed0" / "coda"
+    full = CTRDataset.load(run / "dataset")
+    capped = dataclasses.replace(full, max_local_samples=4).save(tmp_path / "capped")
+    fleet = dataclasses.replace(config.fleet, methods=("local", "coda"))
+    whole = simulate(model, run / "dataset", tmp_path / "whole", fleet, coda_dir=coda_dir)
+    cut = simulate(model, capped, tmp_path / "cut", fleet, coda_dir=coda_dir)
+    np.testing.assert_array_equal(cut.users, whole.users)
+    np.testing.assert_array_equal(cut.num_train, np.minimum(whole.num_train, 4))
+    assert whole.num_train.max() > 4
+    np.testing.assert_array_equal(cut.labels, whole.labels)
+    assert not np.array_equal(cut.predictions["local"], whole.predictions["local"])
