@@ -22,9 +22,7 @@ users most similar to the user's local data (faiss; docs/coda.md).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
