@@ -292,7 +292,9 @@ class PackCutter:
         ``[0, devices)`` int: the device it belongs to). The features are
         checked as :meth:`Pack.remap` checks them (``ValueError``). A device
         whose ids do not fit gets its :class:`PackCapacityError` from
-        :meth:`CutPacks.state`; the others are cut."""
+        :meth:`CutPacks.state`; the others are cut. Memory: every packed
+        table tensor is gathered for all devices at once, ``devices x (rows
+        + 1)`` rows each."""
         layout = self.layout
         features = layout.spec.validate(features) if layout.spec is not None else dict(features)
         owner = np.asarray(owner, np.int64)
@@ -343,40 +345,42 @@ class PackCutter:
                 slot = np.where(hit & (r < len(free)), free[r] if len(free) else 0, t.rows)
                 slot = np.where(inside & np.isin(x, reserved), x, slot)  # reserved ids keep their own slot
                 remapped[name] = np.where(inside, slot, x).astype(np.int32)
-        return CutPacks(self, id_maps, remapped, errors)
+        packed, table_of = {}, layout.table_state
+        for name, value in self.global_state.items():
+            table = table_of.get(name)
+            if table is None or layout.tables[table].rows == layout.tables[table].vocab_size:
+                continue  # dense, or a table shipped whole: the global tensor itself (below)
+            maps = id_maps[table]
+            rows = np.concatenate([maps, np.full((devices, 1), layout.tables[table].vocab_size)], axis=1)  # OOV last
+            real = rows != EMPTY
+            packed[name] = np.zeros((*rows.shape, *value.shape[1:]), value.dtype)  # empty slots: zeros
+            packed[name][real] = value[rows[real]]
+        return CutPacks(self, id_maps, remapped, errors, packed)
 
 
 @dataclasses.dataclass
 class CutPacks:
     """What :meth:`PackCutter.cut` made: per table the id maps of every
     device ``[devices, rows]`` int64, every row's features remapped to its
-    device's slots, and the devices whose ids did not fit (device -> the
-    :class:`PackCapacityError` message)."""
+    device's slots, the devices whose ids did not fit (device -> the
+    :class:`PackCapacityError` message), and each packed table tensor of
+    every device ``[devices, rows + 1, ...]``."""
 
     cutter: PackCutter
     id_maps: dict[str, np.ndarray]
     features: dict[str, np.ndarray]
     errors: dict[int, str]
+    packed: dict[str, np.ndarray]
 
     def state(self, device: int) -> dict[str, np.ndarray]:
         """Device ``device``'s pack state (what the submodel's ``restore``
-        takes; dense tensors shared, not copied); raises
-        :class:`PackCapacityError` for a device whose ids did not fit."""
+        takes; dense tensors and tables shipped whole shared, not copied);
+        raises :class:`PackCapacityError` for a device whose ids did not
+        fit."""
         if device in self.errors:
             raise PackCapacityError(self.errors[device])
-        layout, table_of = self.cutter.layout, self.cutter.layout.table_state
-        state = {}
-        for name, value in self.cutter.global_state.items():
-            table = table_of.get(name)
-            if table is None:
-                state[name] = value
-                continue
-            rows = np.append(self.id_maps[table][device], layout.tables[table].vocab_size)  # last row: OOV
-            packed = np.zeros((len(rows), *value.shape[1:]), value.dtype)
-            real = rows != EMPTY
-            packed[real] = value[rows[real]]
-            state[name] = packed
-        return state
+        return {name: self.packed[name][device] if name in self.packed else value
+                for name, value in self.cutter.global_state.items()}
 
     def pack(self, device: int) -> Pack:
         """Device ``device``'s :class:`Pack` (checked; for uploads and tests)."""
