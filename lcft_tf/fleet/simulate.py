@@ -202,6 +202,7 @@ def _run_tasks(out_dir: Path, manifest: dict, setup: worker.WorkerSetup, tasks: 
     profile: dict[str, Any] = {}
     # Results reach this process whatever the executor, so the bar (users/s
     # and ETA; off when stderr is not a terminal) is updated here.
+    writer = _ManifestWriter(out_dir / MANIFEST, manifest)
     try:
         with tqdm(total=total, initial=total - sum(b - a for a, b in tasks), desc=name, unit="user",
                   disable=None) as bar:
@@ -209,12 +210,41 @@ def _run_tasks(out_dir: Path, manifest: dict, setup: worker.WorkerSetup, tasks: 
                 add_stats(profile, entry.pop("profile", None) or {})
                 add_stats(totals, entry["stats"])
                 manifest["chunks"][chunk_name(entry["users"][0])] = entry
-                atomic_write(out_dir / MANIFEST, to_json(manifest))  # a chunk counts once the manifest lists it
+                writer.changed()  # a chunk counts once the manifest lists it
                 bar.update(entry["users"][1] - entry["users"][0])
     finally:
+        writer.write()  # every chunk received, also when a worker failed or the run was interrupted
         if owned:
             executor.close()
     return totals, profile
+
+
+class _ManifestWriter:
+    """Writes the manifest as chunks arrive, but at most so often that
+    writing takes ~1/10 of the time: the manifest grows with the chunks, so
+    writing it after every chunk is quadratic (measured: 0.35 s per write at
+    5,625 chunks, ~16 min for a 180k-user fleet). A kill loses at most the
+    chunks of the last interval (recomputed on resume)."""
+
+    MIN_SECONDS = 1.0
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path, self.manifest = path, manifest
+        self.pending, self.last, self.cost = False, time.perf_counter(), 0.0
+
+    def changed(self) -> None:
+        """A chunk was added: write now if the interval has passed."""
+        self.pending = True
+        if time.perf_counter() - self.last >= max(self.MIN_SECONDS, 10 * self.cost):
+            self.write()
+
+    def write(self) -> None:
+        """Write the manifest if a chunk was added since the last write."""
+        if self.pending:
+            began = time.perf_counter()
+            atomic_write(self.path, to_json(self.manifest))
+            self.last = time.perf_counter()
+            self.cost, self.pending = self.last - began, False
 
 
 def _on_workers(setup: worker.WorkerSetup, executor: Executor, fn: Callable[[Any], Any], tasks: list) -> Iterator[Any]:
