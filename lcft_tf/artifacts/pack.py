@@ -315,12 +315,15 @@ class PackCutter:
                 continue
             v = np.int64(t.vocab_size)
             reserved = np.asarray(t.reserved_ids, np.int64)
-            # (device, id) of every id the devices use, as one key device * V + id
+            # every id of the table's features in one flat array, with its device: key device * V + id
             ids = [features[n].reshape(len(owner), -1) for n in names]
             flat = np.concatenate([i.reshape(-1) for i in ids]).astype(np.int64) if ids else np.zeros(0, np.int64)
             who = np.concatenate([np.repeat(owner, i.shape[1]) for i in ids]) if ids else np.zeros(0, np.int64)
-            keep = (flat >= 0) & (flat < v) & ~np.isin(flat, reserved)
-            keys = np.unique(who[keep] * v + flat[keep])
+            inside = (flat >= 0) & (flat < v)
+            is_reserved = inside & np.isin(flat, reserved)
+            keep = inside & ~is_reserved
+            # the inverse gives every occurrence its key's index: no lookup per feature
+            keys, inverse = np.unique(who[keep] * v + flat[keep], return_inverse=True)
             dev, used = keys // v, keys % v
             counts = np.bincount(dev, minlength=devices)
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -334,17 +337,16 @@ class PackCutter:
             maps[:, reserved] = reserved
             maps[dev[fits], free[rank[fits]]] = used[fits]
             id_maps[table] = maps
-            for name in names:
-                x = features[name].astype(np.int64)
-                rows_owner = owner.reshape((-1,) + (1,) * (x.ndim - 1))
-                inside = (x >= 0) & (x < v)
-                key = rows_owner * v + x
-                pos = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
-                hit = inside & (keys[pos] == key) if len(keys) else np.zeros(x.shape, bool)
-                r = np.clip(pos - starts[rows_owner], 0, max(len(free) - 1, 0))
-                slot = np.where(hit & (r < len(free)), free[r] if len(free) else 0, t.rows)
-                slot = np.where(inside & np.isin(x, reserved), x, slot)  # reserved ids keep their own slot
-                remapped[name] = np.where(inside, slot, x).astype(np.int32)
+            # slots: a packed id -> its slot (devices that did not fit: the OOV slot, never used), a reserved
+            # id -> itself, another id inside the vocabulary -> the OOV slot, ids outside it unchanged
+            slot = np.where(inside, np.int64(t.rows), flat)
+            slot[is_reserved] = flat[is_reserved]
+            key_slot = np.where(fits, free[np.minimum(rank, len(free) - 1)] if len(free) else 0, t.rows)
+            slot[keep] = key_slot[inverse.reshape(-1)]
+            at = 0
+            for name, i in zip(names, ids):
+                remapped[name] = slot[at : at + i.size].astype(np.int32).reshape(features[name].shape)
+                at += i.size
         packed, table_of = {}, layout.table_state
         for name, value in self.global_state.items():
             table = table_of.get(name)
