@@ -12,6 +12,9 @@ slots). The device remaps global ids to pack slots on the host before
 global tables plus the dense weights, which :func:`apply_update` merges into
 the global state.
 
+:func:`make_pack` cuts one device's pack; :class:`PackCutter` cuts a chunk of
+devices' at once (the fleet's path), with the same arrays for each.
+
 This module is numpy only: the cloud writes these layouts and the device and
 fleet read them.
 """
