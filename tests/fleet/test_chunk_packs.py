@@ -7,8 +7,6 @@ profile travels beside the chunks and counts what they did."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
