@@ -14,11 +14,14 @@ from pathlib import Path
 import numpy as np
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write via a temp file in the same folder + rename: readers never see a
     half file. The temp is named ``.<name>.<pid>.<random>.tmp`` so that
     :func:`remove_stale_temps` can tell a killed writer's leftover from a live
-    writer's file; leftovers of ``path`` are removed first."""
+    writer's file; leftovers of ``path`` are removed first. ``durable``
+    flushes the data to disk before the rename (``fsync``); only a file whose
+    reader checks it (a fleet chunk, checksummed by its manifest) may skip
+    that: after a power loss it may hold zeros, which the check catches."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)
@@ -28,7 +31,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,6 +12,9 @@ slots). The device remaps global ids to pack slots on the host before
 global tables plus the dense weights, which :func:`apply_update` merges into
 the global state.
 
+:func:`make_pack` cuts one device's pack; :class:`PackCutter` cuts a chunk of
+devices' at once (the fleet's path), with the same arrays for each.
+
 This module is numpy only: the cloud writes these layouts and the device and
 fleet read them.
 """
@@ -263,6 +266,135 @@ def make_pack(layout: SubmodelLayout, global_state: Mapping[str, np.ndarray],
         packed[real] = value[rows[real]]
         state[name] = packed
     return Pack(layout, state, id_maps)
+
+
+class PackCutter:
+    """Cuts the packs of many devices at once from one global state: the
+    fleet's path (a chunk of users per call, so numpy's per-call overhead is
+    paid per chunk, not per user). Gives the arrays :func:`make_pack` and
+    :meth:`Pack.remap` give for each device alone, bit for bit (tested)."""
+
+    def __init__(self, layout: SubmodelLayout, global_state: Mapping[str, np.ndarray]):
+        """Raises ``ValueError`` when a table tensor of ``global_state`` does
+        not have its table's ``vocab_size + 1`` rows."""
+        self.layout = layout
+        self.global_state = dict(global_state)
+        table_of = layout.table_state
+        for name, value in self.global_state.items():
+            table = table_of.get(name)
+            if table is not None and value.shape[0] != layout.tables[table].vocab_size + 1:
+                raise ValueError(f"global state {name!r} has {value.shape[0]} rows, the table has "
+                                 f"{layout.tables[table].vocab_size} + 1")
+        # per packed table: its reserved ids and the slots left for the device's ids, ascending
+        self._free = {t: np.setdiff1d(np.arange(lay.rows), lay.reserved_ids) for t, lay in layout.tables.items()
+                      if lay.rows != lay.vocab_size}
+
+    def cut(self, features: Mapping[str, np.ndarray], owner: np.ndarray, devices: int) -> "CutPacks":
+        """The packs of ``devices`` devices whose samples are the rows of
+        ``features`` (every row of every device, any order; ``owner[row]`` in
+        ``[0, devices)`` int: the device it belongs to). The features are
+        checked as :meth:`Pack.remap` checks them (``ValueError``). A device
+        whose ids do not fit gets its :class:`PackCapacityError` from
+        :meth:`CutPacks.state`; the others are cut. Memory: every packed
+        table tensor is gathered for all devices at once, ``devices x (rows
+        + 1)`` rows each."""
+        layout = self.layout
+        features = layout.spec.validate(features) if layout.spec is not None else dict(features)
+        owner = np.asarray(owner, np.int64)
+        if owner.shape != (_rows_of(features),) or (len(owner) and (owner.min() < 0 or owner.max() >= devices)):
+            raise ValueError(f"owner must give each of the {_rows_of(features)} rows a device in [0, {devices})")
+        by_table: dict[str, list[str]] = {}
+        for name, table in layout.feature_tables.items():
+            if name in features:
+                by_table.setdefault(table, []).append(name)
+        errors: dict[int, str] = {}
+        id_maps, remapped = {}, dict(features)
+        for table, t in layout.tables.items():
+            names = by_table.get(table, [])
+            if t.rows == t.vocab_size:  # shipped whole: identity map, ids unchanged (int32)
+                id_maps[table] = np.broadcast_to(np.arange(t.rows, dtype=np.int64), (devices, t.rows))
+                for name in names:
+                    remapped[name] = features[name].astype(np.int32)
+                continue
+            v = np.int64(t.vocab_size)
+            reserved = np.asarray(t.reserved_ids, np.int64)
+            # every id of the table's features in one flat array, with its device: key device * V + id
+            ids = [features[n].reshape(len(owner), -1) for n in names]
+            flat = np.concatenate([i.reshape(-1) for i in ids]).astype(np.int64) if ids else np.zeros(0, np.int64)
+            who = np.concatenate([np.repeat(owner, i.shape[1]) for i in ids]) if ids else np.zeros(0, np.int64)
+            inside = (flat >= 0) & (flat < v)
+            is_reserved = inside & np.isin(flat, reserved)
+            keep = inside & ~is_reserved
+            # the inverse gives every occurrence its key's index: no lookup per feature
+            keys, inverse = np.unique(who[keep] * v + flat[keep], return_inverse=True)
+            dev, used = keys // v, keys % v
+            counts = np.bincount(dev, minlength=devices)
+            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            free = self._free[table]
+            for d in np.flatnonzero(counts + len(reserved) > t.rows):
+                errors.setdefault(int(d), f"table {table!r}: the device uses {int(counts[d]) + len(reserved)} rows, "
+                                          f"the submodel holds {t.rows}; export with a larger submodel_capacity")
+            rank = np.arange(len(keys)) - starts[dev]
+            fits = rank < len(free)
+            maps = np.full((devices, t.rows), EMPTY, np.int64)
+            maps[:, reserved] = reserved
+            maps[dev[fits], free[rank[fits]]] = used[fits]
+            id_maps[table] = maps
+            # slots: a packed id -> its slot (devices that did not fit: the OOV slot, never used), a reserved
+            # id -> itself, another id inside the vocabulary -> the OOV slot, ids outside it unchanged
+            slot = np.where(inside, np.int64(t.rows), flat)
+            slot[is_reserved] = flat[is_reserved]
+            key_slot = np.where(fits, free[np.minimum(rank, len(free) - 1)] if len(free) else 0, t.rows)
+            slot[keep] = key_slot[inverse.reshape(-1)]
+            at = 0
+            for name, i in zip(names, ids):
+                remapped[name] = slot[at : at + i.size].astype(np.int32).reshape(features[name].shape)
+                at += i.size
+        packed, table_of = {}, layout.table_state
+        for name, value in self.global_state.items():
+            table = table_of.get(name)
+            if table is None or layout.tables[table].rows == layout.tables[table].vocab_size:
+                continue  # dense, or a table shipped whole: the global tensor itself (below)
+            maps = id_maps[table]
+            rows = np.concatenate([maps, np.full((devices, 1), layout.tables[table].vocab_size)], axis=1)  # OOV last
+            real = rows != EMPTY
+            packed[name] = np.zeros((*rows.shape, *value.shape[1:]), value.dtype)  # empty slots: zeros
+            packed[name][real] = value[rows[real]]
+        return CutPacks(self, id_maps, remapped, errors, packed)
+
+
+@dataclasses.dataclass
+class CutPacks:
+    """What :meth:`PackCutter.cut` made: per table the id maps of every
+    device ``[devices, rows]`` int64, every row's features remapped to its
+    device's slots, the devices whose ids did not fit (device -> the
+    :class:`PackCapacityError` message), and each packed table tensor of
+    every device ``[devices, rows + 1, ...]``."""
+
+    cutter: PackCutter
+    id_maps: dict[str, np.ndarray]
+    features: dict[str, np.ndarray]
+    errors: dict[int, str]
+    packed: dict[str, np.ndarray]
+
+    def state(self, device: int) -> dict[str, np.ndarray]:
+        """Device ``device``'s pack state (what the submodel's ``restore``
+        takes; dense tensors and tables shipped whole shared, not copied);
+        raises :class:`PackCapacityError` for a device whose ids did not
+        fit."""
+        if device in self.errors:
+            raise PackCapacityError(self.errors[device])
+        return {name: self.packed[name][device] if name in self.packed else value
+                for name, value in self.cutter.global_state.items()}
+
+    def pack(self, device: int) -> Pack:
+        """Device ``device``'s :class:`Pack` (checked; for uploads and tests)."""
+        return Pack(self.cutter.layout, self.state(device),
+                    {t: np.array(m[device]) for t, m in self.id_maps.items()})
+
+
+def _rows_of(features: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(features.values()))) if features else 0
 
 
 @dataclasses.dataclass

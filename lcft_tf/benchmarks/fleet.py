@@ -16,6 +16,7 @@ import numpy as np
 
 from lcft_tf.benchmarks.timing import CallTimer, timed
 from lcft_tf.checks import positive
+from lcft_tf.fleet.profile import format_profile
 
 EXECUTORS = ("serial", "process", "ray")
 
@@ -266,7 +267,8 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
     """The fleet suite, files under ``workdir``. Returns a JSON-ready dict:
     ``config``, ``generation_seconds``, ``dataset``,
     ``generation_samples_per_second``, ``cloud_seconds``, ``executor``,
-    ``executor_start_seconds``, ``fleet`` (the fleet's stats), ``fleet_auc``
+    ``executor_start_seconds``, ``fleet`` (the fleet's stats, with the
+    workers' ``profile``), ``fleet_profile`` (that profile in one line), ``fleet_auc``
     (per method), ``naive`` and ``one_worker`` (times in seconds). Raises
     what the fleet raises (``ValueError`` for a bad method, or for the
     ``ray`` executor when Ray is not installed)."""
@@ -283,7 +285,8 @@ def run_fleet_benchmark(config: FleetBenchmarkConfig, workdir: Path) -> dict[str
     n = min(config.naive_users, side.data.num_users)
     timings, fleet, small = _run_fleets(config, fleet_config, side.path, workdir, n)
     out.update(timings)
-    out["fleet"] = fleet.stats
+    out["fleet"] = fleet.stats  # its "profile": where the workers' time went (lcft_tf.fleet.profile)
+    out["fleet_profile"] = format_profile(fleet.stats["profile"])
     out["fleet_auc"] = {m: _user_auc(fleet, p) for m, p in fleet.predictions.items()}
     weights = side.model.get_weights()
     out["naive"] = _naive_comparison(config, side, weights, small, n)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,6 +16,7 @@ import numpy as np
 from lcft_tf.benchmarks.timing import (interleaved, interpreter_memory, latency_stats, measure_memory_field,
                                        repeats_field, timed, warmup_field)
 from lcft_tf.checks import positive
+from lcft_tf.fleet.profile import format_profile
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,16 @@ class VocabBenchmarkConfig:
     warmup: int = warmup_field(3)
     repeats: int = repeats_field(30)
     fleet_users: int = dataclasses.field(
-        default=256, metadata={"help": "users of the fleet comparison (0: skip it); worker start-up is in its time."})
+        default=256, metadata={"help": "users of the fleet comparison (0: skip it); worker start-up is timed apart."})
     fleet_vocab_sizes: tuple[int, ...] = dataclasses.field(
-        default=(300, 200_000),
-        metadata={"help": "item vocabularies of the fleet comparison (the full model at 1M items takes minutes "
-                          "per 100 users)."})
+        default=(300, 200_000, 1_000_000),
+        metadata={"help": "item vocabularies of the fleet comparison: the full model at the first, submodels "
+                          "at the others (the full model at 1M items takes minutes per 100 users)."})
     fleet_samples_per_user: float = dataclasses.field(
         default=40.0, metadata={"help": "mean synthetic samples per user of the fleet comparison."})
+    fleet_repeats: int = dataclasses.field(
+        default=5, metadata={"help": "timed passes of each fleet over its users, interleaved (A B C A B C ...) "
+                                     "after one untimed pass each."})
     measure_memory: bool = measure_memory_field()
     seed: int = dataclasses.field(default=0, metadata={"help": "seed of the data and the initial weights."})
 
@@ -67,6 +72,7 @@ class VocabBenchmarkConfig:
         if self.warmup < 0 or self.fleet_users < 0:
             raise ValueError("warmup and fleet_users must be >= 0")
         positive("fleet_vocab_sizes", *self.fleet_vocab_sizes)
+        positive("fleet_repeats", self.fleet_repeats)
 
 
 def _vocab_user(spec, n: int, items: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -155,58 +161,114 @@ def benchmark_vocab(name: str, vocab: int, config: VocabBenchmarkConfig, workdir
     return rows
 
 
-def vocab_fleet(name: str, vocab: int, config: VocabBenchmarkConfig, workdir: Path) -> dict[str, Any]:
-    """Fleet users/s at one vocabulary with the full model and with submodels
-    (an untrained model: the timing does not depend on the weights), one
-    serial worker, methods cloud and local. Returns ``model``, ``vocab``,
-    ``users_per_s_full``, ``users_per_s_submodel`` and the fleet's submodel
-    stats per mode (``submodel_stats_off`` / ``submodel_stats_auto``)."""
+def _fleet_worker(name: str, vocab: int, mode: str, config: VocabBenchmarkConfig, workdir: Path):
+    """``(worker, seconds to start it)``: a fleet worker (the public
+    :class:`~lcft_tf.fleet.worker.DeviceWorker`) of an untrained ``name`` at
+    ``vocab`` items (the timing does not depend on the weights), methods
+    cloud and local, submodel ``mode``, one interpreter thread."""
     from lcft_tf import models
     from lcft_tf.cloud.export import ExportConfig, export_tflite
     from lcft_tf.data.synthetic import SyntheticConfig, generate
     from lcft_tf.fleet.config import FleetConfig
-    from lcft_tf.fleet.executors import SerialExecutor
-    from lcft_tf.fleet.simulate import simulate
+    from lcft_tf.fleet.worker import DeviceWorker, WorkerSetup
 
-    data = generate(SyntheticConfig(num_users=config.fleet_users, num_items=vocab, seed=config.seed,
-                                    mean_samples_per_user=config.fleet_samples_per_user))
-    data.save(workdir / f"data_{vocab}")
+    data_dir = workdir / f"data_{vocab}"
+    if not data_dir.exists():
+        generate(SyntheticConfig(num_users=config.fleet_users, num_items=vocab, seed=config.seed,
+                                 mean_samples_per_user=config.fleet_samples_per_user)).save(data_dir)
     path = workdir / f"fleet_{name}_{vocab}.tflite"
-    export_tflite(models.build(name, data.spec, seed=config.seed), path,
-                  ExportConfig(batch_size=config.batch_size, global_ctr=data.global_ctr, submodel_capacity=config.capacity))
-    out = {"model": name, "vocab": vocab}
-    for mode in ("off", "auto"):
-        fleet = simulate(path, workdir / f"data_{vocab}", workdir / f"fleet_{name}_{vocab}_{mode}",
-                         FleetConfig(methods=("cloud", "local"), workers=1, submodel=mode), executor=SerialExecutor())
-        out[f"users_per_s_{'full' if mode == 'off' else 'submodel'}"] = fleet.stats["users_per_second"]
-        out[f"submodel_stats_{mode}"] = fleet.stats["submodel"]
+    if not path.exists():
+        from lcft_tf.data.dataset import CTRDataset
+
+        data = CTRDataset.load(data_dir)
+        export_tflite(models.build(name, data.spec, seed=config.seed), path,
+                      ExportConfig(batch_size=config.batch_size, global_ctr=data.global_ctr,
+                                   submodel_capacity=config.capacity))
+    chunks = workdir / f"chunks_{name}_{vocab}_{mode}"
+    chunks.mkdir(exist_ok=True)
+    setup = WorkerSetup(str(path), str(data_dir), FleetConfig(methods=("cloud", "local"), workers=1, submodel=mode),
+                        str(chunks), in_child=False)
+    return timed(DeviceWorker, setup)
+
+
+def vocab_fleets(name: str, config: VocabBenchmarkConfig, workdir: Path) -> list[dict[str, Any]]:
+    """Fleet users/s of ``name``: the full model at the first of
+    ``fleet_vocab_sizes``, submodels at the others, each a worker in this
+    process running every user in chunks of 32 (the fleet's own
+    ``run_chunk``: packs, restores, fine-tunes, chunk files). One untimed
+    pass each, then ``fleet_repeats`` rounds timing every fleet once in turn,
+    the order rotated each round. Returns one dict per fleet: ``model``,
+    ``vocab``, ``variant``, ``start_seconds`` (the worker's start-up: loading
+    the files and the dataset, O(catalogue), once per worker), ``users``,
+    ``users_per_s`` (one per round), their ``median``/``min``/``max``, the
+    users on the submodel / the full model, and ``profile`` (the timed
+    passes' :func:`lcft_tf.fleet.profile.summarize`)."""
+    from lcft_tf.artifacts.fleet_chunks import add_stats
+    from lcft_tf.fleet.profile import summarize
+
+    vocabs = config.fleet_vocab_sizes
+    plan = [("full", vocabs[0], "off")] + [("submodel", v, "on") for v in vocabs[1:]]
+    fleets = []
+    for variant, vocab, mode in plan:
+        worker, start = _fleet_worker(name, vocab, mode, config, workdir)
+        fleets.append({"model": name, "vocab": vocab, "variant": variant, "start_seconds": start,
+                       "worker": worker, "users_per_s": [], "profile": {}, "stats": {}})
+
+    def one_pass(fleet: dict[str, Any], record: bool) -> None:
+        worker = fleet["worker"]
+        users = worker.dataset.num_users
+        began = time.perf_counter()
+        for a in range(0, users, 32):
+            entry = worker.run_chunk((a, min(a + 32, users)))
+            if record:
+                add_stats(fleet["profile"], entry["profile"])
+                add_stats(fleet["stats"], entry["stats"])
+        if record:
+            fleet["users_per_s"].append(users / (time.perf_counter() - began))
+
+    for fleet in fleets:
+        one_pass(fleet, record=False)
+    for r in range(config.fleet_repeats):
+        for fleet in fleets[r % len(fleets):] + fleets[: r % len(fleets)]:
+            one_pass(fleet, record=True)
+    out = []
+    for fleet in fleets:
+        ups = fleet["users_per_s"]
+        out.append({k: fleet[k] for k in ("model", "vocab", "variant", "start_seconds", "users_per_s")}
+                   | {"users": fleet["worker"].dataset.num_users, "median": float(np.median(ups)), "min": min(ups),
+                      "max": max(ups), "users_on_submodel": fleet["stats"].get("submodel_users", 0),
+                      "users_on_full_model": fleet["stats"].get("full_users", 0),
+                      "profile": summarize(fleet["profile"])})
     return out
 
 
 def run_vocab_benchmark(config: VocabBenchmarkConfig, workdir: Path) -> dict[str, Any]:
     """Every model at every vocabulary (:func:`benchmark_vocab`) and, unless
-    ``fleet_users`` is 0, at every fleet vocabulary (:func:`vocab_fleet`);
-    files under ``workdir``. Returns ``{"config", "rows", "fleet", "goals"}``
+    ``fleet_users`` is 0, its fleets (:func:`vocab_fleets`); files under
+    ``workdir``. Returns ``{"config", "rows", "fleet", "goals"}``
     (:func:`vocab_goals`)."""
     rows, fleets = [], []
     for name in config.models:
         for vocab in config.vocab_sizes:
             log.info("vocab benchmark: %s at %d items", name, vocab)
             rows += benchmark_vocab(name, vocab, config, workdir)
-        for vocab in config.fleet_vocab_sizes if config.fleet_users else ():
-            fleets.append(vocab_fleet(name, vocab, config, workdir))
+        if config.fleet_users:
+            log.info("vocab benchmark: %s fleets at %s items", name, list(config.fleet_vocab_sizes))
+            fleets += vocab_fleets(name, config, workdir)
     return {"config": dataclasses.asdict(config), "rows": rows, "fleet": fleets, "goals": vocab_goals(rows, fleets)}
 
 
 def vocab_goals(rows: list[dict], fleets: list[dict]) -> dict[str, Any]:
     """The issue's targets as measured ratios (no pass/fail: timings are
     machine-dependent): submodel step at the largest vocabulary over the full
-    step at the smallest, the slowest per-user submodel restore (ms), and
-    fleet users/s of submodels over the full model and over the smallest
-    vocabulary. Keys ``<model>/<runtime>`` and ``<model>/fleet``."""
+    step at the smallest, the slowest per-user submodel restore (ms), and per
+    submodel fleet its users/s over the full fleet's at the smallest
+    vocabulary, taken round by round (both timed in the same round) with
+    their median, min and max, and its workers' interpreter share. Keys
+    ``<model>/<runtime>`` and ``<model>/fleet``."""
     out: dict[str, Any] = {}
     pick = lambda **kw: [r for r in rows if all(r[k] == v for k, v in kw.items())]
-    for model in sorted({r["model"] for r in rows}):
+    for model in sorted({r["model"] for r in rows} | {f["model"] for f in fleets}):
         for runtime in sorted({r["runtime"] for r in rows}):
             vocabs = sorted({r["vocab"] for r in pick(model=model, runtime=runtime)})
             small = pick(model=model, runtime=runtime, vocab=vocabs[0], variant="full")
@@ -217,14 +279,16 @@ def vocab_goals(rows: list[dict], fleets: list[dict]) -> dict[str, Any]:
                     big[0]["train_ms"] / small[0]["train_ms"] if big and small else None,
                 "max_submodel_restore_ms": max((r["restore_ms"] for r in subs), default=None),
             }
-        runs = sorted((f for f in fleets if f["model"] == model), key=lambda f: f["vocab"])
-        if len(runs) > 1:
-            base = runs[0]["users_per_s_full"]
-            out[f"{model}/fleet"] = {
-                f"at_{f['vocab']}": {"submodel_over_full": f["users_per_s_submodel"] / f["users_per_s_full"],
-                                     f"submodel_over_full_at_{runs[0]['vocab']}": f["users_per_s_submodel"] / base}
-                for f in runs[1:]
-            }
+        base = next((f for f in fleets if f["model"] == model and f["variant"] == "full"), None)
+        subs = [f for f in fleets if f["model"] == model and f["variant"] == "submodel"]
+        if base and subs:
+            goal = {}
+            for f in subs:
+                ratios = [a / b for a, b in zip(f["users_per_s"], base["users_per_s"])]
+                goal[f"submodel_at_{f['vocab']}_over_full_at_{base['vocab']}"] = {
+                    "median": float(np.median(ratios)), "min": min(ratios), "max": max(ratios)}
+                goal[f"interpreter_share_at_{f['vocab']}"] = f["profile"].get("signature_share")
+            out[f"{model}/fleet"] = goal
     return out
 
 
@@ -237,7 +301,8 @@ def format_vocab_table(result: dict[str, Any]) -> str:
     fmt = lambda v: "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
     lines = [" | ".join(cols)] + [" | ".join(fmt(r.get(c)) for c in cols) for r in result["rows"]]
     for f in result["fleet"]:
-        lines.append(f"fleet {f['model']} {f['vocab']}: users/s full {fmt(f['users_per_s_full'])}, "
-                     f"submodel {fmt(f['users_per_s_submodel'])}")
+        lines.append(f"fleet {f['model']} {f['vocab']} {f['variant']}: users/s median {f['median']:.0f} "
+                     f"(min {f['min']:.0f}, max {f['max']:.0f}; {len(f['users_per_s'])} runs of {f['users']} users), "
+                     f"start {f['start_seconds']:.2f} s; {format_profile(f['profile'])}")
     lines.append("goals: " + json.dumps(result["goals"], indent=1))
     return "\n".join(lines)

@@ -6,6 +6,7 @@
   dataset and CoDA inputs, and the per-user fine-tune of every method.
 * :mod:`~lcft_tf.fleet.simulate` -- :func:`simulate`: chunks of users, the
   manifest, resume.
+* :mod:`~lcft_tf.fleet.profile` -- :class:`PhaseClock`: where a worker's time goes.
 
 No TensorFlow: workers run the LiteRT interpreter only.
 """

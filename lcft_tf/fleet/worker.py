@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +29,7 @@ from lcft_tf import methods
 from lcft_tf._io import atomic_write, sha256
 from lcft_tf.artifacts.coda_files import CodaInputs
 from lcft_tf.artifacts.fleet_chunks import chunk_name, encode_chunk
-from lcft_tf.artifacts.pack import PackCapacityError
+from lcft_tf.artifacts.pack import CutPacks, PackCapacityError, PackCutter
 from lcft_tf.artifacts.tflite import read_metadata
 from lcft_tf.data.dataset import CTRDataset, UserView
 from lcft_tf.device.coda_fine_tune import FineMatching, coda_fine_tune_and_predict, method_config, select_retrieved
@@ -36,6 +37,7 @@ from lcft_tf.device.fine_tune import fine_tune_and_predict
 from lcft_tf.device.model import OnDeviceModel
 from lcft_tf.device.submodel import SubmodelDevice
 from lcft_tf.fleet.config import FleetConfig
+from lcft_tf.fleet.profile import PhaseClock
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ def use_submodel(model_path: str | os.PathLike, mode: str, metadata: dict[str, A
         raise ValueError(f"--device_submodel=on but {model_path} has no submodel (export with a "
                          "submodel_capacity below the largest vocabulary)")
     return False
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkPacks:
+    """The packs of one chunk's users, cut at once (:class:`PackCutter`):
+    device ``i`` is user ``first_user + i``; ``cut.features`` holds, remapped,
+    the rows each device sees (its capped train samples from
+    :attr:`CTRDataset.local_start`, then its test samples) with device ``i``'s
+    at ``user_rows[i] : user_rows[i + 1]``, then each CoDA user's retrieved
+    samples at ``retrieved_rows[u]`` (a ``(start, stop)``)."""
+
+    cut: CutPacks
+    first_user: int
+    user_rows: np.ndarray  # int64 [users + 1]
+    retrieved_rows: dict[int, tuple[int, int]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +93,12 @@ class DeviceWorker:
         config = setup.config
         self.config = config
         self.device = OnDeviceModel(setup.model_path, num_threads=config.interpreter_threads)
-        self.state = self.device.save()
-        self.device.restore(self.state)  # probed once here; every user then restores it without the probe
+        # checked and probed once here; every user then restores it without either
+        self.state = self.device.check_state(self.device.save())
+        self.device.restore(self.state)
         self.submodel = (SubmodelDevice(setup.model_path, self.state, num_threads=config.interpreter_threads)
                          if use_submodel(setup.model_path, config.submodel, self.device.metadata) else None)
+        self.cutter = PackCutter(self.submodel.layout, self.state) if self.submodel else None
         self.dataset = setup.dataset if isinstance(setup.dataset, CTRDataset) else CTRDataset.load(setup.dataset)
         self.chunk_dir = Path(setup.chunk_dir) if setup.chunk_dir is not None else None
         self.coda = self.classifier = self.classifier_state = None
@@ -88,6 +107,11 @@ class DeviceWorker:
             self.classifier = OnDeviceModel(self.coda.classifier_path, num_threads=config.interpreter_threads)
             self.classifier_state = self.classifier.save()
             self.classifier.restore(self.classifier_state)  # probed once; restored per user without the probe
+        # where the time goes (docs/scaling.md); returned beside each chunk, never inside it
+        self.clock = PhaseClock()
+        for device in (self.device, self.submodel and self.submodel.device, self.classifier):
+            if device is not None:
+                device.wrap_signatures(self.clock.wrap)
 
     @property
     def rolled_back_steps(self) -> int:
@@ -102,32 +126,79 @@ class DeviceWorker:
         first, split = int(self.dataset.local_start[u]), int(self.dataset.split[u])  # the device's own (capped) data
         return self.dataset.take(ids), self.dataset.labels[ids], self.coda.embeddings[ids], self.coda.embeddings[first:split]
 
-    def runner_for(self, u: int, view: UserView, retrieved) -> tuple[OnDeviceModel, dict, dict, dict, Any]:
+    def cut_packs(self, users: tuple[int, int], retrieved: dict[int, tuple] | None = None) -> ChunkPacks | None:
+        """The packs of users ``[start, stop)`` at once, holding the ids of
+        their train, test and (``retrieved``: user -> :meth:`retrieved`) CoDA
+        samples; None without a submodel."""
+        if self.cutter is None:
+            return None
+        start, stop = users
+        seen_from, ends = self.dataset.local_start[start:stop], self.dataset.offsets[start + 1 : stop + 1]
+        sizes = ends - seen_from  # the samples each device sees: capped train, then test
+        user_rows = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+        index = np.repeat(seen_from - user_rows[:-1], sizes) + np.arange(user_rows[-1])
+        owner = np.repeat(np.arange(stop - start), sizes)
+        parts, owners, rows, at = [self.dataset.take(index)], [owner], {}, int(user_rows[-1])
+        for u, (features, *_) in (retrieved or {}).items():
+            n = len(next(iter(features.values())))
+            parts.append(features)
+            owners.append(np.full(n, u - start))
+            rows[u], at = (at, at + n), at + n
+        features = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        cut = self.cutter.cut(features, np.concatenate(owners), stop - start)
+        return ChunkPacks(cut, start, user_rows, rows)
+
+    def runner_for(self, u: int, view: UserView, retrieved,
+                   packs: ChunkPacks | None = None) -> tuple[OnDeviceModel, dict, dict, dict, Any]:
         """``(device, state, train features, test features, retrieved)`` for
         user ``u``: the user's pack on the submodel (same predictions,
-        docs/submodels.md), else the full model."""
+        docs/submodels.md), else the full model. ``packs``: the chunk's
+        (:meth:`cut_packs`); without them the pack is cut for this user alone
+        (:meth:`SubmodelDevice.pack`, the reference the chunk path equals)."""
         full = (self.device, self.state, view.train_features, view.test_features, retrieved)
         if self.submodel is None:
             return full
         try:  # the pack holds the rows of every sample the device will see, retrieved ones included
-            pack = self.submodel.pack(view.train_features, view.test_features, *([retrieved[0]] if retrieved else []))
+            if packs is None:
+                pack = self.submodel.pack(view.train_features, view.test_features,
+                                          *([retrieved[0]] if retrieved else []))
+            else:
+                state = packs.cut.state(u - packs.first_user)
         except PackCapacityError as err:  # "on": fail in one line; "auto": this user on the full model, counted
             if self.config.submodel == "on":
                 raise ValueError(f"user {u}: {err}") from None
             log.warning("user %d runs on the full model: %s", u, err)
             return full
+        if packs is None:
+            if retrieved:
+                retrieved = (pack.remap(retrieved[0]), *retrieved[1:])
+            return (self.submodel.device, self.submodel.device.check_state(pack.state, self.state),
+                    pack.remap(view.train_features), pack.remap(view.test_features), retrieved)
+        i = u - packs.first_user
+        a, b = int(packs.user_rows[i]), int(packs.user_rows[i + 1])
+        s = a + int(self.dataset.split[u] - self.dataset.local_start[u])
+        rows = lambda lo, hi: {k: v[lo:hi] for k, v in packs.cut.features.items()}
         if retrieved:
-            retrieved = (pack.remap(retrieved[0]), *retrieved[1:])
-        return self.submodel.device, pack.state, pack.remap(view.train_features), pack.remap(view.test_features), retrieved
+            retrieved = (rows(*packs.retrieved_rows[u]), *retrieved[1:])
+        # checked once per user, restored once per method
+        return self.submodel.device, self.submodel.device.check_state(state, self.state), rows(a, s), rows(s, b), retrieved
 
-    def predict_user(self, u: int, view: UserView, stats: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    def predict_user(self, u: int, view: UserView, stats: dict[str, Any], packs: ChunkPacks | None = None,
+                     retrieved: tuple | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Every configured method's test predictions for user ``u`` and the
         kept retrieved samples per CoDA method; adds the user's device train
         steps and rolled-back steps per method, and the runtime it ran on, to
-        ``stats`` (:func:`new_chunk_stats`)."""
+        ``stats`` (:func:`new_chunk_stats`). ``packs``: the chunk's
+        (:meth:`cut_packs`, cut with ``retrieved``: :meth:`retrieved` of
+        ``u``); without them the user's pack is cut alone."""
         config = self.config
         coda_methods = methods.of_kind(config.methods, "coda")
-        runner, state, train, test, retrieved = self.runner_for(u, view, self.retrieved(u) if coda_methods else None)
+        if coda_methods and retrieved is None:
+            retrieved = self.retrieved(u)
+        clock = self.clock
+        with clock.phase("pack"):
+            runner, state, train, test, retrieved = self.runner_for(u, view, retrieved if coda_methods else None,
+                                                                    packs)
         stats["submodel_users" if runner is not self.device else "full_users"] += 1
         predictions, kept = {}, {}
         matches: dict = {}  # the user's fine matching, shared by coda and coda_lcft
@@ -135,13 +206,16 @@ class DeviceWorker:
             method, rows = methods.get(name), len(view.train_labels)
             rolled_before = runner.rolled_back_steps
             if method.kind == "coda":
-                result = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
+                with clock.phase("coda"):
+                    result = self._coda(name, u, view, runner, state, train, test, retrieved, matches)
                 predictions[name], kept[name] = result.predictions, result.kept
                 rows += result.trained
             else:
-                labels = None if method.kind == "cloud" else self.device.correct(view.train_labels, method.correction)
+                with clock.phase("correct"):
+                    labels = None if method.kind == "cloud" else self.device.correct(view.train_labels,
+                                                                                     method.correction)
                 predictions[name] = fine_tune_and_predict(runner, state, train, labels, test, config.learning_rate,
-                                                          config.epochs)
+                                                          config.epochs, clock.phase)
             if method.fine_tunes:
                 stats["steps"][name] += config.epochs * -(-rows // self.device.batch_size)
             stats["rolled_back"][name] += runner.rolled_back_steps - rolled_before
@@ -166,9 +240,15 @@ class DeviceWorker:
     # -- one chunk -----------------------------------------------------------
     def run_chunk(self, users: tuple[int, int]) -> dict[str, Any]:
         """Fine-tune users ``[start, stop)``; write their chunk file; return
-        its manifest entry plus the device train steps taken."""
+        its manifest entry (``users``, ``sha256``, ``stats``: device train
+        steps and runtimes) and ``profile``, where the worker's time went
+        (:meth:`PhaseClock.take`; not part of the chunk or the manifest)."""
+        began = time.perf_counter()
         config = self.config
         coda_methods = methods.of_kind(config.methods, "coda")
+        retrieved = {u: self.retrieved(u) for u in range(*users)} if coda_methods else {}
+        with self.clock.phase("pack"):  # every user's pack and remapped ids, once per chunk
+            packs = self.cut_packs(users, retrieved)
         records: dict[str, list] = {"user": [], "local_ctr": [], "num_train": [], "num_test": [], "labels": []}
         predictions: dict[str, list] = {m: [] for m in config.methods}
         kept: dict[str, list] = {m: [] for m in coda_methods}
@@ -177,7 +257,7 @@ class DeviceWorker:
             view = self.dataset.user(u)
             if len(view.test_labels) == 0:
                 continue  # nothing to evaluate
-            user_predictions, user_kept = self.predict_user(u, view, stats)
+            user_predictions, user_kept = self.predict_user(u, view, stats, packs, retrieved.get(u))
             for key, value in (("user", u), ("local_ctr", view.local_ctr), ("num_train", len(view.train_labels)),
                                ("num_test", len(view.test_labels)), ("labels", view.test_labels)):
                 records[key].append(value)
@@ -194,9 +274,12 @@ class DeviceWorker:
             **{f"pred.{m}": _concat(p, np.float32) for m, p in predictions.items()},
             **{f"kept.{m}": np.asarray(k, np.float64) for m, k in kept.items()},  # weight mass (= count for hard rules)
         }
-        data = encode_chunk(users, arrays, stats)
-        atomic_write(self.chunk_dir / chunk_name(users[0]), data)
-        return {"users": list(users), "sha256": sha256(data), "stats": stats}
+        with self.clock.phase("write"):
+            data = encode_chunk(users, arrays, stats)
+            # no fsync (a few ms per chunk): the manifest's sha256 catches a chunk a crash left unwritten
+            atomic_write(self.chunk_dir / chunk_name(users[0]), data, durable=False)
+        return {"users": list(users), "sha256": sha256(data), "stats": stats,
+                "profile": self.clock.take(time.perf_counter() - began)}
 
 
 def new_chunk_stats(method_names) -> dict[str, Any]:

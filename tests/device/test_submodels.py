@@ -271,3 +271,24 @@ def test_vocab_benchmark_submodel_size_does_not_grow_with_the_catalogue(tmp_path
     assert rows[3000, "submodel"]["file_mib"] == rows[600, "submodel"]["file_mib"]
     assert rows[3000, "submodel"]["pack_kib"] == rows[600, "submodel"]["pack_kib"]
     assert "submodel_step_at_3000_over_full_step_at_600" in result["goals"]["lr/interpreter"]
+
+
+@pytest.mark.slow
+def test_vocab_fleets_take_ratios_round_by_round(tmp_path):
+    """The fleet comparison's bookkeeping (no timings asserted): the full
+    model at the first vocabulary, a submodel at the next, every user of
+    every timed round on its model, and the goal ratio the median of the
+    per-round ratios."""
+    from lcft_tf.benchmarks.vocab import VocabBenchmarkConfig, vocab_fleets, vocab_goals
+
+    config = VocabBenchmarkConfig(models=("lr",), capacity=512, user_items=50, fleet_users=6,
+                                  fleet_vocab_sizes=(300, 3000), fleet_repeats=3, fleet_samples_per_user=20)
+    full, sub = vocab_fleets("lr", config, tmp_path)
+    assert (full["variant"], full["vocab"], sub["variant"], sub["vocab"]) == ("full", 300, "submodel", 3000)
+    assert full["users_on_full_model"] == sub["users_on_submodel"] == 3 * 6  # users with test samples, 3 rounds
+    assert full["users_on_submodel"] == sub["users_on_full_model"] == 0
+    ratios = [s / f for s, f in zip(sub["users_per_s"], full["users_per_s"])]
+    goal = vocab_goals([], [full, sub])["lr/fleet"]
+    assert len(ratios) == 3 and goal["submodel_at_3000_over_full_at_300"]["median"] == sorted(ratios)[1]
+    assert goal["interpreter_share_at_3000"] == sub["profile"]["signature_share"]
+    assert sub["profile"]["signature_calls"]["restore"] == 2 * 3 * 6  # cloud and local, per user and round
