@@ -105,7 +105,7 @@ class CloudConfig:
         if self.strategy != "default" and self.optimizer != "sgd":
             # Keras's Adam treats sparse embedding gradients per occurrence on
             # one replica and densely after an all-reduce: weights 0.29 apart
-            # in tests/test_multi_worker.py. SGD matches to 1e-6.
+            # in tests/cloud/test_multi_worker_training.py. SGD matches to 1e-6.
             raise ValueError(f"strategy {self.strategy!r} trains the single-replica weights only with "
                              f"optimizer 'sgd' (got {self.optimizer!r}); pass --cloud_optimizer sgd")
         checks.integer(self.batch_size, "batch_size", 1)
