@@ -120,7 +120,7 @@ _LOSING_RUN = """
 import signal, sys, time
 import lcft_tf.cloud.train as train
 
-real_train_cloud = train.train_cloud
+real_fit_cloud = train.fit_cloud
 mode, signum = sys.argv[1], int(sys.argv[2])
 
 
@@ -143,10 +143,10 @@ class Finalized:
 
 def swallowed(*args, **kwargs):
     Finalized()  # finalized at once
-    return real_train_cloud(*args, **kwargs)
+    return real_fit_cloud(*args, **kwargs)
 
 
-train.train_cloud = {"converted": converted, "swallowed": swallowed}[mode]
+train.fit_cloud = {"converted": converted, "swallowed": swallowed}[mode]
 from lcft_tf.__main__ import cli_main
 
 cli_main(["lcft_tf", "run", *sys.argv[3:]])

@@ -215,8 +215,7 @@ class GRU(keras.layers.Layer):
 
 class LinearTerms(keras.layers.Layer):
     """The first-order part of a CTR model: a scalar weight per id (mean over
-    a sequence's real ids), a linear map of dense features, and (with
-    ``use_bias``) a global bias.
+    a sequence's real ids) and a linear map of dense features.
 
     ``tie_sequences`` (default) reads a sequence feature's weights from its
     embedding table's column, the one the candidate id uses; untied, each
@@ -225,7 +224,7 @@ class LinearTerms(keras.layers.Layer):
     weights (docs/cloud_base.md: untied LR +0.005 validation AUC on
     MovieLens-100k)."""
 
-    def __init__(self, spec, seed: int | None = None, tie_sequences: bool = True, use_bias: bool = False, **kwargs):
+    def __init__(self, spec, seed: int | None = None, tie_sequences: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.spec = spec
         self.tie_sequences = bool(tie_sequences)
@@ -240,7 +239,6 @@ class LinearTerms(keras.layers.Layer):
             for i, f in enumerate(spec.sequences)
         }
         self.dense = {f.name: Linear(1, seed=_offset(seed, 100 + i), name=f"lin_{f.name}") for i, f in enumerate(spec.dense)}
-        self.bias = self.add_weight(shape=(1,), initializer="zeros", name="lin_bias") if use_bias else None
 
     def call(self, features):
         """The first-order logit, float32 ``[B]``, of a feature dict."""
@@ -253,5 +251,4 @@ class LinearTerms(keras.layers.Layer):
             terms.append(masked_mean(weights(ids), sequence_mask(ids, f)))
         for f in self.spec.dense:
             terms.append(self.dense[f.name](features[f.name]))
-        logit = tf.reshape(tf.add_n(terms), [-1])
-        return logit if self.bias is None else logit + self.bias
+        return tf.reshape(tf.add_n(terms), [-1])

@@ -133,6 +133,7 @@ def test_cli_run_on_ray_equals_the_serial_run(tmp_path):
         [sys.executable, "-m", "lcft_tf", "run", "--executor=ray", "--workers=2", "--name=ray", f"--output_dir={tmp_path}",
          "--num_users=12", "--num_items=30", "--samples_per_user=30", "--synthetic_history_length=3",
          "--synthetic_dense_dim=2", "--models=lr", "--methods=cloud,local,hard", "--cloud_epochs=1", "--cloud_lr=0.5",
+         "--cloud_batch_size=32", "--cloud_decay_per_epoch=0.1", "--cloud_validation_fraction=0",
          "--device_lr=0.1", "--device_users_per_chunk=3", "--hard_users_per_group=2", "--hard_alphas=0.5,2.0",
          "--hard_betas=0.0", "--device_batch_size=8"],
         capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
