@@ -272,7 +272,7 @@ def retrieval_precision(dataset: CTRDataset, ids: np.ndarray, max_users: int = 1
         raise ValueError(f"ids must be [num_users={dataset.num_users}, K], got {ids.shape}")
     offsets, split, labels = np.asarray(dataset.offsets), np.asarray(dataset.split), np.asarray(dataset.labels)
     user_of = user_index(offsets)
-    train = np.arange(len(labels)) < split[user_of]
+    train = dataset.train_mask
     local_start = dataset.local_start
     users = np.flatnonzero((ids >= 0).any(1) & (split > local_start))
     if len(users) > max_users:

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from lcft_tf import checks, models
-from lcft_tf.data.dataset import CTRDataset, user_index, validation_split
+from lcft_tf.data.dataset import VALIDATION_FRACTION, CTRDataset, user_index, validation_rows, validation_split
 from lcft_tf.evaluation.metrics import user_weighted_auc
 from lcft_tf.models.base import CTRModel
 from lcft_tf.models.losses import CorrectedLogLoss
@@ -82,7 +82,7 @@ class CloudConfig:
     optimizer: str = dataclasses.field(
         default="adam", metadata={"help": "cloud optimizer: adam, or sgd (the paper's, with learning rate 1.0)"})
     validation_fraction: float = dataclasses.field(
-        default=0.2, metadata={"help": "share of the train period held out to choose the learning rate and the epochs, "
+        default=VALIDATION_FRACTION, metadata={"help": "share of the train period held out to choose the learning rate and the epochs, "
                                        "in [0, 1) (0: no validation, train --cloud_epochs epochs, as the paper)"})
     patience: int = dataclasses.field(
         default=2, metadata={"help": "epochs without a better validation AUC after which a candidate rate stops, an "
@@ -219,13 +219,12 @@ def fit_cloud(
     config = config or CloudConfig()
     strategy = strategy or make_strategy(config.strategy)
     if not config.validation_fraction or not config.epochs:
-        model, losses = _train(name, dataset, config, config.candidate_rates[0], config.epochs, strategy, verbose)
+        model, losses = _train(name, dataset.spec, dataset.train_rows(), config, config.candidate_rates[0],
+                               config.epochs, strategy, verbose)
         return CloudFit(model, {"validation": None, "candidates": [], "learning_rate": config.candidate_rates[0],
                                 "epochs": config.epochs, "refit": False, "loss": losses})
-    start = validation_split(dataset, config.validation_fraction)
-    fit_part = dataclasses.replace(dataset, split=start)
-    held_out = np.arange(dataset.num_samples)
-    held_out = (held_out >= start[user_index(dataset.offsets)]) & dataset.train_mask
+    held_out = validation_rows(dataset, validation_split(dataset, config.validation_fraction))
+    fit_rows = dataset.rows(dataset.train_mask & ~held_out)  # read once for every candidate rate
     val_features, val_labels = dataset.rows(held_out)
     val_users = user_index(dataset.offsets)[held_out]
     candidates, best = [], None
@@ -245,7 +244,7 @@ def fit_cloud(
                 kept["weights"] = model.get_weights()
             return epoch - best_epoch >= config.patience
 
-        model, losses = _train(name, fit_part, config, rate, config.epochs, strategy, verbose, validate)
+        model, losses = _train(name, dataset.spec, fit_rows, config, rate, config.epochs, strategy, verbose, validate)
         best_epoch = int(np.argmax(curve))
         candidates.append({"learning_rate": rate, "loss": losses, "validation_auc": curve,
                            "best_epoch": best_epoch + 1, "best_auc": curve[best_epoch]})
@@ -258,24 +257,25 @@ def fit_cloud(
             "candidates": candidates, "learning_rate": chosen["learning_rate"], "epochs": chosen["best_epoch"],
             "refit": config.refit, "loss": chosen["loss"][:chosen["best_epoch"]]}
     if config.refit:
-        model, info["loss"] = _train(name, dataset, config, chosen["learning_rate"], chosen["best_epoch"], strategy,
-                                     verbose)
+        del fit_rows  # the refit reads every train sample
+        model, info["loss"] = _train(name, dataset.spec, dataset.train_rows(), config, chosen["learning_rate"],
+                                     chosen["best_epoch"], strategy, verbose)
     else:
         model.set_weights(weights)
     return CloudFit(model, info)
 
 
-def _train(name: str, dataset: CTRDataset, config: CloudConfig, rate: float, epochs: int,
-           strategy: tf.distribute.Strategy, verbose: int, after_epoch=None) -> tuple[CTRModel, list[float]]:
-    """A fresh model (seeded by ``config.seed``) trained on ``dataset``'s
-    train samples for up to ``epochs`` at ``rate`` (decayed per epoch); after
-    each epoch ``after_epoch(model, epoch)`` may return True to stop. Returns
-    the model and the loss per epoch."""
+def _train(name: str, spec, rows: tuple[dict[str, np.ndarray], np.ndarray], config: CloudConfig, rate: float,
+           epochs: int, strategy: tf.distribute.Strategy, verbose: int, after_epoch=None) -> tuple[CTRModel, list[float]]:
+    """A fresh model of ``spec`` (seeded by ``config.seed``) trained on
+    ``rows`` (features, labels) for up to ``epochs`` at ``rate`` (decayed per
+    epoch); after each epoch ``after_epoch(model, epoch)`` may return True to
+    stop. Returns the model and the loss per epoch."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = models.build(name, dataset.spec, seed=config.seed, **config.model_kwargs)
+        model = models.build(name, spec, seed=config.seed, **config.model_kwargs)
         compile_cloud_model(model, rate, config.optimizer)
-    features, labels = dataset.train_rows()
+    features, labels = rows
     losses: list[float] = []
     if not epochs or not len(labels):
         return model, losses

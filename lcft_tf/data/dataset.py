@@ -309,6 +309,9 @@ def per_user_split(offsets: np.ndarray, test_fraction: float, timestamps: np.nda
     return np.where(inside & (group_start < split), moved, split)
 
 
+VALIDATION_FRACTION = 0.2  # share of the train period held out by default (cloud training, the popularity baseline)
+
+
 def validation_split(dataset: "CTRDataset", fraction: float) -> np.ndarray:
     """Where each user's validation block starts: absolute int64
     ``[num_users]``; a user's samples ``[offsets[u], v[u])`` fit a model and
@@ -334,6 +337,13 @@ def validation_split(dataset: "CTRDataset", fraction: float) -> np.ndarray:
     train_offsets = np.r_[0, np.cumsum(n_train)]
     cut = per_user_split(train_offsets, fraction, np.asarray(dataset.timestamps)[train])
     return (starts + cut - train_offsets[:-1]).astype(np.int64)
+
+
+def validation_rows(dataset: "CTRDataset", start: np.ndarray) -> np.ndarray:
+    """bool ``[num_samples]``: the train samples at or after each user's
+    validation start ``start`` (:func:`validation_split`); the rest of the
+    train samples are those before it."""
+    return (np.arange(dataset.num_samples) >= np.asarray(start)[user_index(dataset.offsets)]) & dataset.train_mask
 
 
 def same_second_groups(offsets: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

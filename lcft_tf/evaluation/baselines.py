@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcft_tf.data.dataset import CTRDataset, user_index, validation_split
+from lcft_tf.data.dataset import VALIDATION_FRACTION, CTRDataset, user_index, validation_rows, validation_split
 from lcft_tf.evaluation.metrics import user_weighted_auc
 
 ITEM_FEATURE = "item_id"
 SMOOTHING_GRID = (0.0, 1.0, 5.0, 20.0, 100.0)  # pseudo-counts m tried on validation
-VALIDATION_FRACTION = 0.2  # the last share of each user's train samples (time order) held out to choose m
 
 
 def item_table(items: np.ndarray, labels: np.ndarray, mask: np.ndarray, num_items: int) -> tuple[np.ndarray, ...]:
@@ -60,10 +59,8 @@ def choose_smoothing(dataset: CTRDataset, grid=SMOOTHING_GRID,
     period. The test split is not read."""
     items, num_items = _items(dataset)
     users = user_index(dataset.offsets)
-    start = validation_split(dataset, validation_fraction)[users]
-    position = np.arange(len(items))
-    validation = (position >= start) & dataset.train_mask
-    fit = position < start
+    validation = validation_rows(dataset, validation_split(dataset, validation_fraction))
+    fit = dataset.train_mask & ~validation
     clicks, shown = item_table(items, dataset.labels, fit, num_items)
     w_g = float(dataset.labels[fit].mean()) if fit.any() else 0.5
     scores = {}

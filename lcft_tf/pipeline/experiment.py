@@ -35,7 +35,7 @@ from typing import Any
 from lcft_tf import __version__, methods
 from lcft_tf._io import atomic_write, to_json
 from lcft_tf.cloud.train import CloudConfig
-from lcft_tf.data.dataset import CTRDataset
+from lcft_tf.data.dataset import VALIDATION_FRACTION, CTRDataset
 from lcft_tf.evaluation.report import Grouping, auc_table, summarize, write_report
 from lcft_tf.fleet.executors import make_executor
 from lcft_tf.keys import ConfigChangedError, canonical, changed_fields
@@ -118,7 +118,7 @@ def _read_plan(path: Path) -> dict[str, dict[str, Any]]:
 def _add_baselines(dataset: CTRDataset, fleets: dict[str, dict[int, Any]]) -> dict[str, Any]:
     """Score the reference baselines (:mod:`lcft_tf.evaluation.baselines`) for
     every fleet's users, into its predictions; returns how they were chosen."""
-    from lcft_tf.evaluation.baselines import SMOOTHING_GRID, VALIDATION_FRACTION, baseline_scores, choose_smoothing
+    from lcft_tf.evaluation.baselines import SMOOTHING_GRID, baseline_scores, choose_smoothing
 
     smoothing, validation = choose_smoothing(dataset)
     for seeds in fleets.values():
